@@ -1,0 +1,106 @@
+//! One suite of contract checks that every [`Backend`] must pass.
+
+use bytes::Bytes;
+use futures::stream;
+
+use super::{dir::collect, stream_of, Backend, ByteStream, StoreError, WriteOutcome};
+use crate::digest::Digest;
+
+/// Runs the contract checks against an empty backend; panics with a message on a breach.
+pub async fn run_conformance_suite(backend: &dyn Backend) {
+    let data = Bytes::from(vec![7u8; 3 * 1024 * 1024 + 17]);
+    let digest = Digest::of(&data);
+    let key = format!("blobs/sha256/{}", digest.hex());
+
+    assert_eq!(backend.stat(&key).await.unwrap(), None, "stat of a missing key");
+    assert!(backend.read(&key).await.unwrap().is_none(), "read of a missing key");
+    assert!(
+        matches!(backend.open(&key).await, Err(StoreError::NotFound { .. })),
+        "open of a missing key must be NotFound"
+    );
+
+    // A stream that lies about its content is refused and leaves nothing visible.
+    let mut flipped = data.to_vec();
+    flipped[1000] ^= 1;
+    let err = backend
+        .write_verified(&key, &digest, Some(data.len() as u64), chunked(flipped.into()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Verify { .. }), "flipped byte: {err}");
+    assert_eq!(backend.stat(&key).await.unwrap(), None, "refused blob is visible");
+
+    // Truncated: refused too.
+    let err = backend
+        .write_verified(&key, &digest, Some(data.len() as u64), chunked(data.slice(..1000)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Verify { .. }), "truncated: {err}");
+
+    // A stream that breaks in the middle is refused.
+    let broken: ByteStream = Box::pin(stream::iter(vec![
+        Ok(data.slice(..100)),
+        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset")),
+    ]));
+    let err = backend
+        .write_verified(&key, &digest, None, broken)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Source { .. }), "broken stream: {err}");
+    assert_eq!(backend.stat(&key).await.unwrap(), None);
+    assert!(backend.list("blobs/").await.unwrap().is_empty(), "partial blob listed");
+
+    // The real bytes are accepted once, and a second write is a no-op.
+    let outcome = backend
+        .write_verified(&key, &digest, Some(data.len() as u64), chunked(data.clone()))
+        .await
+        .unwrap();
+    assert_eq!(outcome, WriteOutcome::Written);
+    assert_eq!(backend.stat(&key).await.unwrap(), Some(data.len() as u64));
+    let outcome = backend
+        .write_verified(&key, &digest, None, chunked(data.clone()))
+        .await
+        .unwrap();
+    assert_eq!(outcome, WriteOutcome::AlreadyExists);
+    let read_back = collect(backend.open(&key).await.unwrap()).await.unwrap();
+    assert!(read_back == data, "blob read back differs");
+
+    // Small blob (single request path on S3).
+    let small = Bytes::from_static(b"{}");
+    let small_key = format!("blobs/sha256/{}", Digest::of(&small).hex());
+    backend
+        .write_verified(&small_key, &Digest::of(&small), Some(2), stream_of(small.clone()))
+        .await
+        .unwrap();
+    assert_eq!(backend.read(&small_key).await.unwrap(), Some(small));
+
+    // Records replace atomically.
+    backend.write("repositories/a/_tags/t/x.json", Bytes::from_static(b"one")).await.unwrap();
+    backend.write("repositories/a/_tags/t/x.json", Bytes::from_static(b"two")).await.unwrap();
+    assert_eq!(
+        backend.read("repositories/a/_tags/t/x.json").await.unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+    backend.write("repositories/ab/_tags/u/y.json", Bytes::from_static(b"3")).await.unwrap();
+
+    // Listing is by key prefix, recursive, and never shows temporary files.
+    let mut keys: Vec<String> = backend
+        .list("repositories/a/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, vec!["repositories/a/_tags/t/x.json".to_string()]);
+    let all = backend.list("").await.unwrap();
+    assert_eq!(all.len(), 4, "listing of everything: {all:?}");
+    assert!(all.iter().all(|o| o.size > 0));
+}
+
+fn chunked(bytes: Bytes) -> ByteStream {
+    let chunks: Vec<_> = (0..bytes.len())
+        .step_by(64 * 1024)
+        .map(|i| Ok(bytes.slice(i..(i + 64 * 1024).min(bytes.len()))))
+        .collect();
+    Box::pin(stream::iter(chunks))
+}

@@ -1,0 +1,120 @@
+//! Where each kind of object lives in a store. The only place keys are spelled out.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+use crate::digest::Digest;
+use crate::names::{RepositoryName, Tag};
+
+/// How observation times are spelled in tag record names; sorts as text in time order.
+const TAG_TIME_FORMAT: &str = "%Y%m%dT%H%M%S%.6fZ";
+
+/// Key builders for the store layout of `docs/format.md`.
+pub struct Layout;
+
+/// Prefix of every blob.
+pub const BLOBS_PREFIX: &str = "blobs/sha256/";
+/// Prefix of every per-repository record.
+pub const REPOSITORIES_PREFIX: &str = "repositories/";
+/// Prefix of every snapshot.
+pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
+/// The OCI layout marker at the root.
+pub const OCI_LAYOUT: &str = "oci-layout";
+/// The OCI layout index at the root.
+pub const INDEX_JSON: &str = "index.json";
+
+impl Layout {
+    /// `blobs/sha256/<hex>`.
+    pub fn blob(digest: &Digest) -> String {
+        format!("{BLOBS_PREFIX}{}", digest.hex())
+    }
+
+    /// `repositories/<repo>/`.
+    pub fn repository(repo: &RepositoryName) -> String {
+        format!("{REPOSITORIES_PREFIX}{repo}/")
+    }
+
+    /// `repositories/<repo>/_images/`.
+    pub fn images(repo: &RepositoryName) -> String {
+        format!("{REPOSITORIES_PREFIX}{repo}/_images/")
+    }
+
+    /// `repositories/<repo>/_images/sha256-<hex>.json`.
+    pub fn image(repo: &RepositoryName, digest: &Digest) -> String {
+        format!("{}sha256-{}.json", Self::images(repo), digest.hex())
+    }
+
+    /// `repositories/<repo>/_tags/`.
+    pub fn tags(repo: &RepositoryName) -> String {
+        format!("{REPOSITORIES_PREFIX}{repo}/_tags/")
+    }
+
+    /// `repositories/<repo>/_tags/<tag>/<observed>_sha256-<hex>.json`, where `observed`
+    /// (`YYYYMMDDTHHMMSS.ffffffZ`) is when the registry was seen with that tag.
+    pub fn tag(repo: &RepositoryName, tag: &Tag, digest: &Digest, observed: DateTime<Utc>) -> String {
+        format!(
+            "{}{tag}/{}_sha256-{}.json",
+            Self::tags(repo),
+            observed.format(TAG_TIME_FORMAT),
+            digest.hex()
+        )
+    }
+
+    /// Parses the file name of a tag record into its observation time and digest.
+    pub fn parse_tag_file_name(name: &str) -> Option<(DateTime<Utc>, Digest)> {
+        let (time, rest) = name.split_once('_')?;
+        let digest = Self::digest_from_file_name(rest)?;
+        let time = NaiveDateTime::parse_from_str(time, TAG_TIME_FORMAT).ok()?.and_utc();
+        Some((time, digest))
+    }
+
+    /// `repositories/<repo>/_deleted/sha256-<hex>.json`.
+    pub fn deletion(repo: &RepositoryName, digest: &Digest) -> String {
+        format!("{REPOSITORIES_PREFIX}{repo}/_deleted/sha256-{}.json", digest.hex())
+    }
+
+    /// `snapshots/<id>.json`.
+    pub fn snapshot(id: &str) -> String {
+        format!("{SNAPSHOTS_PREFIX}{id}.json")
+    }
+
+    /// Parses `repositories/<repo>/<kind>/<rest>` into its parts.
+    pub fn split_record_key(key: &str) -> Option<(RepositoryName, &str, &str)> {
+        let rest = key.strip_prefix(REPOSITORIES_PREFIX)?;
+        for kind in ["/_images/", "/_tags/", "/_deleted/"] {
+            if let Some(i) = rest.find(kind) {
+                let repo = rest[..i].parse().ok()?;
+                return Some((repo, &kind[1..kind.len() - 1], &rest[i + kind.len()..]));
+            }
+        }
+        None
+    }
+
+    /// Parses `sha256-<hex>.json` into a digest.
+    pub fn digest_from_file_name(name: &str) -> Option<Digest> {
+        let hex = name.strip_prefix("sha256-")?.strip_suffix(".json")?;
+        format!("sha256:{hex}").parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_keys_round_trip() {
+        let repo: RepositoryName = "team/app/api".parse().unwrap();
+        let tag: Tag = "v1.0".parse().unwrap();
+        let d = Digest::of(b"x");
+        let now = chrono::Utc::now();
+        let k = Layout::tag(&repo, &tag, &d, now);
+        let (r, kind, rest) = Layout::split_record_key(&k).unwrap();
+        assert_eq!((r, kind), (repo.clone(), "_tags"));
+        let (t, file) = rest.split_once('/').unwrap();
+        assert_eq!(t, "v1.0");
+        let (time, digest) = Layout::parse_tag_file_name(file).unwrap();
+        assert_eq!(digest, d);
+        assert_eq!(time.timestamp_micros(), now.timestamp_micros());
+        let (r, kind, rest) = Layout::split_record_key(&Layout::image(&repo, &d)).unwrap();
+        assert_eq!((r, kind, Layout::digest_from_file_name(rest)), (repo, "_images", Some(d)));
+    }
+}

@@ -1,0 +1,173 @@
+//! The backup store: one small [`Backend`] trait for "a place objects live" (a local
+//! directory or an S3 prefix), and [`Store`], which lays the backup repository out on it.
+//!
+//! The layout and its invariants are specified in `docs/format.md`.
+
+mod conformance;
+mod dir;
+mod layout;
+mod s3;
+mod store;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+
+use crate::digest::{Digest, DigestError};
+
+pub use conformance::run_conformance_suite;
+pub use dir::DirBackend;
+pub use layout::Layout;
+pub use s3::{S3Backend, S3Location};
+pub use store::{Catalog, IndexRef, RepositoryCatalog, Store, StoreLocation, TagEntry};
+
+/// A stream of bytes read from, or written into, a backend.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// Turns bytes already in memory into a [`ByteStream`].
+pub fn stream_of(bytes: Bytes) -> ByteStream {
+    Box::pin(futures::stream::once(async move { Ok(bytes) }))
+}
+
+/// What went wrong while using a store; each variant names the key it was working on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A local file operation failed.
+    #[error("{op} {key}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The key (path below the store root).
+        key: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An S3 request failed (after the SDK's own retries).
+    #[error("S3 {op} {key}: {message}")]
+    S3 {
+        /// The S3 operation.
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// The service's error, with code and message.
+        message: String,
+    },
+    /// The object does not exist.
+    #[error("{key} does not exist in the store")]
+    NotFound {
+        /// The missing key.
+        key: String,
+    },
+    /// The bytes offered for a blob did not match its digest; nothing was written.
+    #[error("refused to store {key}: {source}")]
+    Verify {
+        /// The blob's key.
+        key: String,
+        /// The mismatch.
+        #[source]
+        source: DigestError,
+    },
+    /// The stream being written failed (for example the registry connection broke).
+    #[error("reading the bytes for {key} failed: {source}")]
+    Source {
+        /// The key being written.
+        key: String,
+        /// The reader's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store location could not be understood.
+    #[error("invalid store location {location:?}: {reason}")]
+    InvalidLocation {
+        /// The location given.
+        location: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The location exists but holds no backup store (no `oci-layout` file).
+    #[error("{location} is not an ecr-backup store (no oci-layout file at its root)")]
+    NotAStore {
+        /// The location given.
+        location: String,
+    },
+    /// A record in the store could not be parsed.
+    #[error("record {key} is corrupt: {source}")]
+    CorruptRecord {
+        /// The record's key.
+        key: String,
+        /// The parser's complaint.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StoreError {
+    /// True when retrying the same call may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::S3 { .. } | StoreError::Source { .. })
+    }
+}
+
+/// Whether a write-once call stored new bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The object was written by this call.
+    Written,
+    /// An object already existed under the key; nothing was changed.
+    AlreadyExists,
+}
+
+/// An entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The key, relative to the store root.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When the object was last written.
+    pub modified: DateTime<Utc>,
+}
+
+/// A place objects live: a directory or an S3 prefix. Keys are `/`-separated relative
+/// paths made by [`Layout`], never by user input directly.
+///
+/// Contracts every backend keeps (checked by [`run_conformance_suite`]):
+/// - `write_verified` makes an object visible only after its bytes matched the digest and
+///   size; on any error nothing is visible under the key and no partial object remains
+///   where `list` would show it; it never replaces an existing object.
+/// - `write` replaces an object atomically: readers see the old bytes or the new, whole.
+/// - `stat`/`read` return `None` for a missing key; other failures are errors.
+/// - Nothing in the trait deletes.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Where the store is, for messages (`/path/to/store`, `s3://bucket/prefix`).
+    fn location(&self) -> String;
+
+    /// Size of the object, or `None` when it does not exist.
+    async fn stat(&self, key: &str) -> Result<Option<u64>, StoreError>;
+
+    /// The whole object, or `None` when it does not exist. For small objects only.
+    async fn read(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+
+    /// A stream of the object's bytes; `NotFound` when it does not exist.
+    async fn open(&self, key: &str) -> Result<ByteStream, StoreError>;
+
+    /// Writes (or atomically replaces) a small object.
+    async fn write(&self, key: &str, bytes: Bytes) -> Result<(), StoreError>;
+
+    /// Streams a blob in, hashing as it goes; see the trait's contracts.
+    async fn write_verified(
+        &self,
+        key: &str,
+        digest: &Digest,
+        size: Option<u64>,
+        bytes: ByteStream,
+    ) -> Result<WriteOutcome, StoreError>;
+
+    /// Every object whose key starts with `prefix`, in no particular order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+}

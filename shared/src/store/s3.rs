@@ -1,0 +1,439 @@
+//! A store under an S3 prefix.
+//!
+//! Small blobs go up in one `PutObject`; larger ones as a multipart upload that is
+//! completed only after the whole stream hashed to the expected digest, and aborted
+//! otherwise, so a blob key never shows unverified bytes. Both use `If-None-Match: *`, so
+//! an existing blob is never replaced. S3 does not check OCI digests (and moto checks no
+//! checksums at all), which is why the digest is verified here.
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::primitives::ByteStream as S3Body;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+
+use super::{Backend, ByteStream, ObjectInfo, StoreError, WriteOutcome};
+use crate::digest::{Digest, DigestVerifier};
+
+/// Size of each multipart part, and the threshold for a single `PutObject`.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts of one blob uploading at once; bounds memory to about (this + 1) × [`PART_SIZE`].
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// `s3://bucket/prefix`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    /// The bucket name.
+    pub bucket: String,
+    /// The key prefix, empty or ending in `/`.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// Parses `s3://bucket[/prefix]`.
+    pub fn parse(url: &str) -> Result<S3Location, StoreError> {
+        let invalid = |reason: &str| StoreError::InvalidLocation {
+            location: url.into(),
+            reason: reason.into(),
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| invalid("expected s3://bucket/prefix"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(invalid("the bucket name is empty"));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|c| c == ".." || c == ".") {
+            return Err(invalid("the prefix may not contain . or .. segments"));
+        }
+        Ok(S3Location {
+            bucket: bucket.into(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+        })
+    }
+}
+
+/// A store in an S3 bucket, below a prefix.
+#[derive(Debug, Clone)]
+pub struct S3Backend {
+    client: Client,
+    location: S3Location,
+}
+
+fn s3_error<E>(op: &'static str, key: &str, err: aws_sdk_s3::error::SdkError<E>) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    StoreError::S3 {
+        op,
+        key: key.into(),
+        message: DisplayErrorContext(&err).to_string(),
+    }
+}
+
+fn error_code<E: ProvideErrorMetadata>(err: &aws_sdk_s3::error::SdkError<E>) -> Option<&str> {
+    err.as_service_error().and_then(|e| e.code())
+}
+
+fn status<E>(err: &aws_sdk_s3::error::SdkError<E>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+impl S3Backend {
+    /// A backend for `location` using a client built from the standard AWS settings.
+    pub fn new(client: Client, location: S3Location) -> Self {
+        S3Backend { client, location }
+    }
+
+    /// Builds an S3 client from the environment (`AWS_ENDPOINT_URL_S3` and friends);
+    /// path-style addressing when an endpoint is overridden, as local servers need.
+    pub async fn client_from_env() -> Client {
+        let config = crate::aws::sdk_config().await;
+        let path_style = std::env::var_os("AWS_ENDPOINT_URL_S3").is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL").is_some();
+        let s3_config = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(path_style)
+            .build();
+        Client::from_conf(s3_config)
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.location.prefix)
+    }
+
+    async fn put_small(&self, key: &str, body: Bytes) -> Result<WriteOutcome, StoreError> {
+        let result = self
+            .client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(self.full_key(key))
+            .if_none_match("*")
+            .body(S3Body::from(body))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(WriteOutcome::Written),
+            Err(e) if status(&e) == Some(412) => Ok(WriteOutcome::AlreadyExists),
+            Err(e) => Err(s3_error("PutObject", key, e)),
+        }
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        first: Bytes,
+        leftover: BytesMut,
+        mut rest: ByteStream,
+        mut verifier: DigestVerifier,
+    ) -> Result<WriteOutcome, StoreError> {
+        let full_key = self.full_key(key);
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(&full_key)
+            .send()
+            .await
+            .map_err(|e| s3_error("CreateMultipartUpload", key, e))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+
+        let result = async {
+            let mut parts = Vec::new();
+            let mut in_flight = FuturesOrdered::new();
+            let mut part_number = 1;
+            let mut pending = Some(first);
+            // `leftover` was hashed already by the caller; only later chunks are fed in.
+            let mut buffer = leftover;
+            buffer.reserve(PART_SIZE);
+            loop {
+                if let Some(part) = pending.take() {
+                    let req = self
+                        .client
+                        .upload_part()
+                        .bucket(&self.location.bucket)
+                        .key(&full_key)
+                        .upload_id(&upload_id)
+                        .part_number(part_number)
+                        .body(S3Body::from(part));
+                    let n = part_number;
+                    in_flight.push_back(
+                        async move {
+                            req.send().await.map(|out| {
+                                CompletedPart::builder()
+                                    .part_number(n)
+                                    .set_e_tag(out.e_tag().map(str::to_owned))
+                                    .build()
+                            })
+                        }
+                        .boxed(),
+                    );
+                    part_number += 1;
+                    while in_flight.len() >= PARTS_IN_FLIGHT {
+                        let done = in_flight.next().await.expect("non-empty");
+                        parts.push(done.map_err(|e| s3_error("UploadPart", key, e))?);
+                    }
+                }
+                match rest.next().await {
+                    Some(chunk) => {
+                        let chunk = chunk.map_err(|source| StoreError::Source {
+                            key: key.into(),
+                            source,
+                        })?;
+                        verifier.update(&chunk).map_err(|source| StoreError::Verify {
+                            key: key.into(),
+                            source,
+                        })?;
+                        buffer.extend_from_slice(&chunk);
+                        if buffer.len() >= PART_SIZE {
+                            pending = Some(buffer.split_to(PART_SIZE).freeze());
+                        }
+                    }
+                    None => break,
+                }
+            }
+            if !buffer.is_empty() {
+                let req = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.location.bucket)
+                    .key(&full_key)
+                    .upload_id(&upload_id)
+                    .part_number(part_number)
+                    .body(S3Body::from(buffer.freeze()));
+                let n = part_number;
+                in_flight.push_back(
+                    async move {
+                        req.send().await.map(|out| {
+                            CompletedPart::builder()
+                                .part_number(n)
+                                .set_e_tag(out.e_tag().map(str::to_owned))
+                                .build()
+                        })
+                    }
+                    .boxed(),
+                );
+            }
+            // Verify before the last parts finish: a mismatch never completes the upload.
+            verifier.finish().map_err(|source| StoreError::Verify {
+                key: key.into(),
+                source,
+            })?;
+            while let Some(done) = in_flight.next().await {
+                parts.push(done.map_err(|e| s3_error("UploadPart", key, e))?);
+            }
+            let completed = self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.location.bucket)
+                .key(&full_key)
+                .upload_id(&upload_id)
+                .if_none_match("*")
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await;
+            match completed {
+                Ok(_) => Ok(WriteOutcome::Written),
+                Err(e) if status(&e) == Some(412) => Ok(WriteOutcome::AlreadyExists),
+                Err(e) => Err(s3_error("CompleteMultipartUpload", key, e)),
+            }
+        }
+        .await;
+
+        if !matches!(result, Ok(WriteOutcome::Written)) {
+            // Abort on failure, and after a 412 (the upload was not consumed then either).
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.location.bucket)
+                .key(&full_key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        format!(
+            "s3://{}/{}",
+            self.location.bucket,
+            self.location.prefix.trim_end_matches('/')
+        )
+        .trim_end_matches('/')
+        .to_owned()
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let result = self
+            .client
+            .head_object()
+            .bucket(&self.location.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(s3_error("HeadObject", key, e)),
+        }
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        match self.open(key).await {
+            Ok(stream) => {
+                let bytes = stream
+                    .try_fold(BytesMut::new(), |mut acc, chunk| async move {
+                        acc.extend_from_slice(&chunk);
+                        Ok(acc)
+                    })
+                    .await
+                    .map_err(|source| StoreError::Source {
+                        key: key.into(),
+                        source,
+                    })?;
+                Ok(Some(bytes.freeze()))
+            }
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn open(&self, key: &str) -> Result<ByteStream, StoreError> {
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.location.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let reader = out.body.into_async_read();
+                Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(
+                    reader,
+                    256 * 1024,
+                )))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                Err(StoreError::NotFound { key: key.into() })
+            }
+            Err(e) if status(&e) == Some(404) || error_code(&e) == Some("NoSuchKey") => {
+                Err(StoreError::NotFound { key: key.into() })
+            }
+            Err(e) => Err(s3_error("GetObject", key, e)),
+        }
+    }
+
+    async fn write(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(self.full_key(key))
+            .body(S3Body::from(bytes))
+            .send()
+            .await
+            .map_err(|e| s3_error("PutObject", key, e))?;
+        Ok(())
+    }
+
+    async fn write_verified(
+        &self,
+        key: &str,
+        digest: &Digest,
+        size: Option<u64>,
+        mut bytes: ByteStream,
+    ) -> Result<WriteOutcome, StoreError> {
+        if self.stat(key).await?.is_some() {
+            return Ok(WriteOutcome::AlreadyExists);
+        }
+        let mut verifier = DigestVerifier::new(digest.clone(), size);
+        let mut buffer = BytesMut::with_capacity(size.map_or(PART_SIZE, |s| (s as usize).min(PART_SIZE)));
+        // Read up to one part: a blob that ends before is checked whole, then sent in one request.
+        while buffer.len() < PART_SIZE {
+            match bytes.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(|source| StoreError::Source {
+                        key: key.into(),
+                        source,
+                    })?;
+                    verifier.update(&chunk).map_err(|source| StoreError::Verify {
+                        key: key.into(),
+                        source,
+                    })?;
+                    buffer.extend_from_slice(&chunk);
+                }
+                None => {
+                    verifier.finish().map_err(|source| StoreError::Verify {
+                        key: key.into(),
+                        source,
+                    })?;
+                    return self.put_small(key, buffer.freeze()).await;
+                }
+            }
+        }
+        let first = buffer.split_to(PART_SIZE).freeze();
+        self.put_multipart(key, first, buffer, bytes, verifier).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let full_prefix = self.full_key(prefix);
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.location.bucket)
+            .prefix(&full_prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| s3_error("ListObjectsV2", prefix, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let key = key[self.location.prefix.len()..].to_owned();
+                let modified = object
+                    .last_modified()
+                    .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
+                    .unwrap_or_else(Utc::now);
+                out.push(ObjectInfo {
+                    key,
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    modified,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_locations() {
+        let l = S3Location::parse("s3://bucket/a/b/").unwrap();
+        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("bucket", "a/b/"));
+        let l = S3Location::parse("s3://bucket").unwrap();
+        assert_eq!(l.prefix, "");
+        assert!(S3Location::parse("s3:///x").is_err());
+        assert!(S3Location::parse("s3://b/../x").is_err());
+        assert!(S3Location::parse("gs://b").is_err());
+    }
+}

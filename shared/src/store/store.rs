@@ -1,0 +1,366 @@
+//! [`Store`]: the backup repository laid out on a [`Backend`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::layout::{self, Layout};
+use super::{stream_of, Backend, ByteStream, DirBackend, S3Backend, S3Location, StoreError, WriteOutcome};
+use crate::digest::Digest;
+use crate::names::{RepositoryName, Tag};
+use crate::records::{DeletionRecord, ImageRecord, Snapshot, TagRecord, RECORD_VERSION};
+
+/// Where a store lives, parsed from what a user typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A local directory (a plain path or `file://`).
+    Dir(PathBuf),
+    /// An S3 bucket and prefix (`s3://bucket/prefix`).
+    S3(S3Location),
+}
+
+impl StoreLocation {
+    /// Parses a path, `file://PATH` or `s3://bucket/prefix`; other schemes are refused.
+    pub fn parse(text: &str) -> Result<StoreLocation, StoreError> {
+        if text.starts_with("s3://") {
+            return Ok(StoreLocation::S3(S3Location::parse(text)?));
+        }
+        if let Some(path) = text.strip_prefix("file://") {
+            return Ok(StoreLocation::Dir(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            return Err(StoreError::InvalidLocation {
+                location: text.into(),
+                reason: format!("unknown scheme {scheme:?}: use a directory path or s3://bucket/prefix"),
+            });
+        }
+        if text.is_empty() {
+            return Err(StoreError::InvalidLocation {
+                location: text.into(),
+                reason: "empty".into(),
+            });
+        }
+        Ok(StoreLocation::Dir(PathBuf::from(text)))
+    }
+}
+
+/// One tag observation, as listed from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagEntry {
+    /// The image the tag pointed at.
+    pub digest: Digest,
+    /// When the registry was seen so.
+    pub observed_at: DateTime<Utc>,
+}
+
+/// What the store holds for one repository, from a single listing.
+#[derive(Debug, Clone, Default)]
+pub struct RepositoryCatalog {
+    /// Images backed up (image record present), with the record's write time.
+    pub images: BTreeMap<Digest, DateTime<Utc>>,
+    /// Every observation of every tag, oldest first.
+    pub tags: BTreeMap<Tag, Vec<TagEntry>>,
+    /// Images recorded as deleted from the source.
+    pub deleted: BTreeMap<Digest, DateTime<Utc>>,
+}
+
+impl RepositoryCatalog {
+    /// The latest observation of `tag` at or before `at` (or ever, when `at` is `None`).
+    pub fn tag_as_of(&self, tag: &Tag, at: Option<DateTime<Utc>>) -> Option<&TagEntry> {
+        self.tags
+            .get(tag)?
+            .iter()
+            .rev()
+            .find(|e| at.is_none_or(|at| e.observed_at <= at))
+    }
+}
+
+/// Everything the store holds, by repository, from one listing of `repositories/`.
+pub type Catalog = BTreeMap<RepositoryName, RepositoryCatalog>;
+
+/// A backup repository on a backend.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.backend.location())
+    }
+}
+
+const OCI_LAYOUT_BYTES: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+impl Store {
+    /// A store on the given backend.
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        Store { backend }
+    }
+
+    /// Opens the store at `location`, building an S3 client from the environment if needed.
+    pub async fn open(location: &StoreLocation) -> Store {
+        match location {
+            StoreLocation::Dir(path) => Store::new(Arc::new(DirBackend::new(path.clone()))),
+            StoreLocation::S3(loc) => {
+                let client = S3Backend::client_from_env().await;
+                Store::new(Arc::new(S3Backend::new(client, loc.clone())))
+            }
+        }
+    }
+
+    /// Where the store is, for messages.
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// The backend underneath.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Makes the location a store: writes `oci-layout` and an empty `index.json` if missing.
+    pub async fn init(&self) -> Result<(), StoreError> {
+        if self.backend.stat(layout::OCI_LAYOUT).await?.is_none() {
+            self.backend
+                .write(layout::OCI_LAYOUT, Bytes::from_static(OCI_LAYOUT_BYTES))
+                .await?;
+        }
+        if self.backend.stat(layout::INDEX_JSON).await?.is_none() {
+            self.write_index(&[]).await?;
+        }
+        Ok(())
+    }
+
+    /// Fails with `NotAStore` unless the location holds a store.
+    pub async fn ensure_exists(&self) -> Result<(), StoreError> {
+        match self.backend.stat(layout::OCI_LAYOUT).await? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotAStore {
+                location: self.location(),
+            }),
+        }
+    }
+
+    /// Size of a stored blob, or `None`.
+    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        self.backend.stat(&Layout::blob(digest)).await
+    }
+
+    /// Streams a blob in; visible only once verified (see [`Backend::write_verified`]).
+    pub async fn put_blob(
+        &self,
+        digest: &Digest,
+        size: Option<u64>,
+        bytes: ByteStream,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.backend
+            .write_verified(&Layout::blob(digest), digest, size, bytes)
+            .await
+    }
+
+    /// Stores a small blob (a manifest) held in memory.
+    pub async fn put_blob_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<WriteOutcome, StoreError> {
+        let size = bytes.len() as u64;
+        self.put_blob(digest, Some(size), stream_of(bytes)).await
+    }
+
+    /// Reads a small blob whole and checks its digest; `None` when absent.
+    pub async fn read_blob(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError> {
+        let key = Layout::blob(digest);
+        let Some(bytes) = self.backend.read(&key).await? else {
+            return Ok(None);
+        };
+        digest
+            .verify(&bytes)
+            .map_err(|source| StoreError::Verify { key, source })?;
+        Ok(Some(bytes))
+    }
+
+    /// Streams a blob out. The caller verifies the digest as it reads.
+    pub async fn open_blob(&self, digest: &Digest) -> Result<ByteStream, StoreError> {
+        self.backend.open(&Layout::blob(digest)).await
+    }
+
+    /// Reads the record of an image, if it was backed up.
+    pub async fn image_record(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<ImageRecord>, StoreError> {
+        self.read_json(&Layout::image(repo, digest)).await
+    }
+
+    /// Writes an image record (once; a second write of the same image is a no-op).
+    pub async fn put_image_record(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        self.write_json_once(&Layout::image(&record.repository, &record.digest), record)
+            .await
+    }
+
+    /// Appends a tag observation.
+    pub async fn put_tag_record(&self, record: &TagRecord) -> Result<(), StoreError> {
+        let key = Layout::tag(&record.repository, &record.tag, &record.digest, record.observed_at);
+        self.write_json_once(&key, record).await
+    }
+
+    /// Records that an image was deleted from the source.
+    pub async fn put_deletion_record(&self, record: &DeletionRecord) -> Result<(), StoreError> {
+        self.write_json_once(&Layout::deletion(&record.repository, &record.digest), record)
+            .await
+    }
+
+    /// Lists what the store holds, for every repository or for one.
+    pub async fn catalog(&self, only: Option<&RepositoryName>) -> Result<Catalog, StoreError> {
+        let prefix = match only {
+            Some(repo) => Layout::repository(repo),
+            None => layout::REPOSITORIES_PREFIX.to_owned(),
+        };
+        let mut catalog = Catalog::new();
+        for object in self.backend.list(&prefix).await? {
+            let Some((repo, kind, rest)) = Layout::split_record_key(&object.key) else {
+                continue;
+            };
+            if only.is_some_and(|o| o != &repo) {
+                continue;
+            }
+            let entry = catalog.entry(repo).or_default();
+            match kind {
+                "_images" => {
+                    if let Some(d) = Layout::digest_from_file_name(rest) {
+                        entry.images.insert(d, object.modified);
+                    }
+                }
+                "_deleted" => {
+                    if let Some(d) = Layout::digest_from_file_name(rest) {
+                        entry.deleted.insert(d, object.modified);
+                    }
+                }
+                "_tags" => {
+                    let Some((tag, file)) = rest.split_once('/') else { continue };
+                    let (Ok(tag), Some((observed_at, digest))) =
+                        (tag.parse::<Tag>(), Layout::parse_tag_file_name(file))
+                    else {
+                        continue;
+                    };
+                    entry.tags.entry(tag).or_default().push(TagEntry { digest, observed_at });
+                }
+                _ => {}
+            }
+        }
+        for repo in catalog.values_mut() {
+            for entries in repo.tags.values_mut() {
+                entries.sort_by_key(|e| e.observed_at);
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// Writes a run's snapshot.
+    pub async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        self.write_json_once(&Layout::snapshot(&snapshot.id), snapshot).await
+    }
+
+    /// Snapshot ids, oldest first.
+    pub async fn snapshot_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids: Vec<String> = self
+            .backend
+            .list(layout::SNAPSHOTS_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                o.key
+                    .strip_prefix(layout::SNAPSHOTS_PREFIX)?
+                    .strip_suffix(".json")
+                    .map(str::to_owned)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Reads one snapshot; `None` if there is no such id.
+    pub async fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, StoreError> {
+        if id.contains('/') || id.contains("..") {
+            return Ok(None);
+        }
+        self.read_json(&Layout::snapshot(id)).await
+    }
+
+    /// Rewrites the root `index.json` so stock OCI tools see `REPOSITORY:TAG` refs.
+    pub async fn write_index(&self, refs: &[IndexRef]) -> Result<(), StoreError> {
+        let manifests: Vec<_> = refs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "mediaType": r.media_type,
+                    "digest": r.digest.to_string(),
+                    "size": r.size,
+                    "annotations": {
+                        "org.opencontainers.image.ref.name": format!("{}:{}", r.repository, r.tag),
+                    },
+                })
+            })
+            .collect();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": crate::manifest::OCI_INDEX,
+            "manifests": manifests,
+        });
+        let bytes = serde_json::to_vec_pretty(&index).expect("index serializes");
+        self.backend.write(layout::INDEX_JSON, bytes.into()).await
+    }
+
+    async fn read_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = self.backend.read(key).await? else {
+            return Ok(None);
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|source| StoreError::CorruptRecord {
+                key: key.into(),
+                source,
+            })?;
+        if value.get("version").and_then(|v| v.as_u64()).unwrap_or(0) > u64::from(RECORD_VERSION) {
+            return Err(StoreError::InvalidLocation {
+                location: self.location(),
+                reason: format!("record {key} was written by a newer version of ecr-backup"),
+            });
+        }
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|source| StoreError::CorruptRecord {
+                key: key.into(),
+                source,
+            })
+    }
+
+    async fn write_json_once<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = Bytes::from(serde_json::to_vec_pretty(value).expect("records serialize"));
+        // Records are write-once like blobs, so a bucket policy can demand If-None-Match.
+        let digest = Digest::of(&bytes);
+        let size = bytes.len() as u64;
+        self.backend
+            .write_verified(key, &digest, Some(size), stream_of(bytes))
+            .await?;
+        Ok(())
+    }
+}
+
+/// One `REPOSITORY:TAG` entry of the root `index.json`.
+#[derive(Debug, Clone)]
+pub struct IndexRef {
+    /// Repository.
+    pub repository: RepositoryName,
+    /// Tag.
+    pub tag: Tag,
+    /// The manifest it points at.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size.
+    pub size: u64,
+}
