@@ -1,1 +1,76 @@
-fn main() {}
+//! `ecr-backup`: back up container images from ECR or any OCI registry into a backup
+//! store, and get them back.
+//!
+//! Exit codes: 0 success; 1 the command ran but some images failed (or a check found a
+//! problem); 2 the command could not run (bad arguments, unreachable registry or store).
+
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Command-line arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ecr-backup",
+    version,
+    about = "Immutable backups of container images, and the way back"
+)]
+struct Cli {
+    /// Only print errors and the final result.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: commands::Command,
+}
+
+/// How a command ended.
+pub enum Outcome {
+    /// Everything worked.
+    Success,
+    /// It ran, but something it was asked to do failed.
+    Partial,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let global = commands::Global {
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+    };
+    match runtime.block_on(commands::run(cli.command, global)) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Partial) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ECR_BACKUP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

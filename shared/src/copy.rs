@@ -1,0 +1,566 @@
+//! The copy engine: one image, with everything it reaches, from a registry into a store.
+//!
+//! Order of writes, which is what keeps a store consistent after a crash at any point:
+//! blobs (configs, layers) → child manifests → the top manifest → the image record → tag
+//! records. Every blob is verified before it becomes visible, so a record never points at
+//! a missing or corrupt blob.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use backon::Retryable;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::Semaphore;
+
+use crate::digest::Digest;
+use crate::manifest::{self, ManifestError};
+use crate::names::{RepositoryName, Tag};
+use crate::progress::Reporter;
+use crate::records::{BlobRef, ChildManifest, ImageRecord, TagRecord, RECORD_VERSION};
+use crate::registry::{RegistryClient, RegistryError, RetryPolicy};
+use crate::store::{RepositoryCatalog, Store, StoreError, WriteOutcome};
+
+/// Deepest nesting of indexes followed (an index of indexes of manifests is depth 2).
+const MAX_INDEX_DEPTH: usize = 4;
+/// Deepest chain of referrers followed (a signature of an SBOM of an image is 2).
+const MAX_REFERRER_DEPTH: usize = 2;
+
+/// Why an image could not be copied; names the image and what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The registry failed or refused.
+    #[error("copying {repository}@{digest}: {source}")]
+    Registry {
+        /// The repository.
+        repository: RepositoryName,
+        /// The image.
+        digest: Digest,
+        /// The registry error.
+        #[source]
+        source: RegistryError,
+    },
+    /// The store failed, or refused bytes that did not match their digest.
+    #[error("copying {repository}@{digest}: {source}")]
+    Store {
+        /// The repository.
+        repository: RepositoryName,
+        /// The image.
+        digest: Digest,
+        /// The store error.
+        #[source]
+        source: StoreError,
+    },
+    /// A manifest could not be understood.
+    #[error("copying {repository}@{digest}: {source}")]
+    Manifest {
+        /// The repository.
+        repository: RepositoryName,
+        /// The image.
+        digest: Digest,
+        /// The parser's complaint.
+        #[source]
+        source: ManifestError,
+    },
+    /// Indexes nest deeper than this tool follows, or an index includes itself.
+    #[error("copying {repository}@{digest}: index nesting deeper than {MAX_INDEX_DEPTH} or cyclic at {at}")]
+    TooDeep {
+        /// The repository.
+        repository: RepositoryName,
+        /// The image.
+        digest: Digest,
+        /// The manifest where it stopped.
+        at: Digest,
+    },
+    /// The image is in ECR's archive storage class and cannot be pulled until restored.
+    #[error("{repository}@{digest} is archived in ECR; restore it to ACTIVE to back it up")]
+    Archived {
+        /// The repository.
+        repository: RepositoryName,
+        /// The image.
+        digest: Digest,
+    },
+}
+
+impl CopyError {
+    /// True when trying again later may succeed (throttling, 5xx, broken transfers).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CopyError::Registry { source, .. } => source.is_transient(),
+            CopyError::Store { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// True when the image no longer exists at the source (deleted since it was listed).
+    pub fn is_gone(&self) -> bool {
+        matches!(
+            self,
+            CopyError::Registry {
+                source: RegistryError::NotFound {
+                    op: "fetch manifest",
+                    ..
+                },
+                ..
+            }
+        )
+    }
+}
+
+/// Limits of one engine.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyOptions {
+    /// Blob transfers in flight across all images (bounds memory and connections).
+    pub blob_concurrency: usize,
+    /// Follow the registry's referrers API (signatures, SBOMs) when it has one.
+    pub copy_referrers: bool,
+    /// Retries of one blob transfer after a transient failure or a digest mismatch.
+    pub retry: RetryPolicy,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            blob_concurrency: 8,
+            copy_referrers: true,
+            // Requests are retried inside the client; this is for broken or corrupt bodies.
+            retry: RetryPolicy {
+                max_retries: 3,
+                ..RetryPolicy::default()
+            },
+        }
+    }
+}
+
+/// One image to copy: what the source registry showed at `observed_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyRequest {
+    /// The repository.
+    pub repository: RepositoryName,
+    /// The manifest or index digest.
+    pub digest: Digest,
+    /// Tags seen on it.
+    pub tags: Vec<Tag>,
+    /// When the registry was seen in that state.
+    pub observed_at: DateTime<Utc>,
+}
+
+/// What copying one image did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageOutcome {
+    /// The image was copied by this call.
+    Copied,
+    /// It was in the store already; only missing tag records (if any) were written.
+    AlreadyPresent,
+}
+
+/// Transfer counters, shared by all images of a run.
+#[derive(Debug, Default)]
+pub struct CopyStats {
+    /// Blobs and manifests written.
+    pub blobs_copied: AtomicU64,
+    /// Blobs found in the store already (by HEAD or stat, never downloaded).
+    pub blobs_skipped: AtomicU64,
+    /// Bytes written.
+    pub bytes_copied: AtomicU64,
+    /// Bytes not transferred because the blob was present.
+    pub bytes_skipped: AtomicU64,
+    /// Blob transfers retried.
+    pub blob_retries: AtomicU64,
+}
+
+/// Copies images from one registry into one store.
+#[derive(Clone)]
+pub struct CopyEngine {
+    registry: RegistryClient,
+    store: Store,
+    source_name: String,
+    options: CopyOptions,
+    permits: Arc<Semaphore>,
+    reporter: Arc<dyn Reporter>,
+    stats: Arc<CopyStats>,
+}
+
+/// A manifest fetched while walking an image, kept until its children are stored.
+struct WalkedManifest {
+    digest: Digest,
+    bytes: Bytes,
+    media_type: String,
+    platform: Option<String>,
+}
+
+impl CopyEngine {
+    /// An engine copying from `registry` (recorded as `source_name`) into `store`.
+    pub fn new(
+        registry: RegistryClient,
+        store: Store,
+        source_name: String,
+        options: CopyOptions,
+        reporter: Arc<dyn Reporter>,
+    ) -> CopyEngine {
+        CopyEngine {
+            registry,
+            store,
+            source_name,
+            permits: Arc::new(Semaphore::new(options.blob_concurrency.max(1))),
+            options,
+            reporter,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Transfer counters so far.
+    pub fn stats(&self) -> &CopyStats {
+        &self.stats
+    }
+
+    /// The store written to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Copies one image and records its tags. `known` is what a listing of the repository
+    /// showed beforehand (saves a request per image); without it the store is asked.
+    pub async fn copy_image(
+        &self,
+        request: &CopyRequest,
+        known: Option<&RepositoryCatalog>,
+    ) -> Result<ImageOutcome, CopyError> {
+        self.copy_image_at_depth(request, known, 0).await
+    }
+
+    async fn copy_image_at_depth(
+        &self,
+        request: &CopyRequest,
+        known: Option<&RepositoryCatalog>,
+        referrer_depth: usize,
+    ) -> Result<ImageOutcome, CopyError> {
+        let repo = &request.repository;
+        let digest = &request.digest;
+        let store_err = |source| CopyError::Store {
+            repository: repo.clone(),
+            digest: digest.clone(),
+            source,
+        };
+        let present = match known {
+            Some(catalog) => catalog.images.contains_key(digest),
+            None => self
+                .store
+                .image_record(repo, digest)
+                .await
+                .map_err(store_err)?
+                .is_some(),
+        };
+        let outcome = if present {
+            ImageOutcome::AlreadyPresent
+        } else {
+            self.copy_new_image(request).await?;
+            if self.options.copy_referrers && referrer_depth < MAX_REFERRER_DEPTH {
+                self.copy_referrers(request, referrer_depth).await?;
+            }
+            ImageOutcome::Copied
+        };
+        self.record_tags(request, known).await.map_err(store_err)?;
+        Ok(outcome)
+    }
+
+    async fn record_tags(
+        &self,
+        request: &CopyRequest,
+        known: Option<&RepositoryCatalog>,
+    ) -> Result<(), StoreError> {
+        if request.tags.is_empty() {
+            return Ok(());
+        }
+        let listed;
+        let catalog = match known {
+            Some(c) => c,
+            None => {
+                listed = self.store.catalog(Some(&request.repository)).await?;
+                match listed.get(&request.repository) {
+                    Some(c) => c,
+                    None => &RepositoryCatalog::default(),
+                }
+            }
+        };
+        for tag in &request.tags {
+            // The tag log only needs an entry when the tag's latest known state differs.
+            let current = catalog.tag_as_of(tag, None);
+            if current.is_some_and(|c| c.digest == request.digest) {
+                continue;
+            }
+            self.store
+                .put_tag_record(&TagRecord {
+                    version: RECORD_VERSION,
+                    repository: request.repository.clone(),
+                    tag: tag.clone(),
+                    digest: request.digest.clone(),
+                    observed_at: request.observed_at,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn copy_new_image(&self, request: &CopyRequest) -> Result<(), CopyError> {
+        let repo = &request.repository;
+        let digest = &request.digest;
+        let registry_err = |source| CopyError::Registry {
+            repository: repo.clone(),
+            digest: digest.clone(),
+            source,
+        };
+        let store_err = |source| CopyError::Store {
+            repository: repo.clone(),
+            digest: digest.clone(),
+            source,
+        };
+        self.reporter.image_started(repo, digest);
+
+        // Walk the manifest tree top-down, collecting every blob it reaches.
+        let mut walked: Vec<WalkedManifest> = Vec::new();
+        let mut blobs: BTreeMap<Digest, BlobRef> = BTreeMap::new();
+        let mut queue = vec![(digest.clone(), None::<String>, None::<String>, 0usize)];
+        let mut seen = HashSet::new();
+        let mut subject = None;
+        while let Some((manifest_digest, declared_type, platform, depth)) = queue.pop() {
+            if depth > MAX_INDEX_DEPTH || !seen.insert(manifest_digest.clone()) {
+                return Err(CopyError::TooDeep {
+                    repository: repo.clone(),
+                    digest: digest.clone(),
+                    at: manifest_digest,
+                });
+            }
+            let (bytes, header_type) =
+                self.fetch_manifest(repo, &manifest_digest)
+                    .await
+                    .map_err(|e| match e {
+                        FetchError::Registry(source) => registry_err(source),
+                        FetchError::Store(source) => store_err(source),
+                    })?;
+            let parsed = manifest::parse(
+                &manifest_digest,
+                &bytes,
+                header_type.as_deref().or(declared_type.as_deref()),
+            )
+            .map_err(|source| CopyError::Manifest {
+                repository: repo.clone(),
+                digest: digest.clone(),
+                source,
+            })?;
+            if depth == 0 {
+                subject = parsed.subject.as_ref().map(|s| s.digest.clone());
+            }
+            for child in &parsed.manifests {
+                queue.push((
+                    child.digest.clone(),
+                    child.media_type.clone(),
+                    child.platform.clone(),
+                    depth + 1,
+                ));
+            }
+            for blob in &parsed.blobs {
+                blobs.entry(blob.digest.clone()).or_insert_with(|| BlobRef {
+                    digest: blob.digest.clone(),
+                    size: blob.size.unwrap_or(0),
+                    media_type: blob.media_type.clone(),
+                });
+            }
+            walked.push(WalkedManifest {
+                digest: manifest_digest,
+                bytes,
+                media_type: parsed.media_type,
+                platform,
+            });
+        }
+
+        // Blobs, in parallel within the engine's global limit.
+        let blob_list: Vec<BlobRef> = blobs.into_values().collect();
+        let sizes: Vec<u64> = futures::stream::iter(blob_list.iter())
+            .map(|b| self.copy_blob(repo, &b.digest, (b.size > 0).then_some(b.size)))
+            .buffered(self.options.blob_concurrency.max(1))
+            .try_collect()
+            .await
+            .map_err(|e| match e {
+                FetchError::Registry(source) => registry_err(source),
+                FetchError::Store(source) => store_err(source),
+            })?;
+        let blob_list: Vec<BlobRef> = blob_list
+            .into_iter()
+            .zip(sizes)
+            .map(|(b, size)| BlobRef { size, ..b })
+            .collect();
+
+        // Manifests bottom-up: children before the index that names them.
+        for m in walked.iter().rev() {
+            let outcome = self
+                .store
+                .put_blob_bytes(&m.digest, m.bytes.clone())
+                .await
+                .map_err(store_err)?;
+            self.count(outcome, m.bytes.len() as u64);
+        }
+
+        let top = &walked[0];
+        let record = ImageRecord {
+            version: RECORD_VERSION,
+            repository: repo.clone(),
+            digest: digest.clone(),
+            media_type: top.media_type.clone(),
+            size: top.bytes.len() as u64,
+            tags: request.tags.clone(),
+            manifests: walked[1..]
+                .iter()
+                .map(|m| ChildManifest {
+                    digest: m.digest.clone(),
+                    size: m.bytes.len() as u64,
+                    media_type: m.media_type.clone(),
+                    platform: m.platform.clone(),
+                })
+                .collect(),
+            blobs: blob_list,
+            subject,
+            source: self.source_name.clone(),
+            backed_up_at: Utc::now(),
+        };
+        self.store
+            .put_image_record(&record)
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    /// A manifest's bytes: from the store when it holds them, else from the registry.
+    async fn fetch_manifest(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<(Bytes, Option<String>), FetchError> {
+        if let Some(bytes) = self
+            .store
+            .read_blob(digest)
+            .await
+            .map_err(FetchError::Store)?
+        {
+            return Ok((bytes, None));
+        }
+        let fetched = self
+            .registry
+            .get_manifest(repo, &digest.to_string())
+            .await
+            .map_err(FetchError::Registry)?;
+        Ok((fetched.bytes, fetched.media_type))
+    }
+
+    fn count(&self, outcome: WriteOutcome, size: u64) {
+        let (blobs, bytes) = match outcome {
+            WriteOutcome::Written => (&self.stats.blobs_copied, &self.stats.bytes_copied),
+            WriteOutcome::AlreadyExists => (&self.stats.blobs_skipped, &self.stats.bytes_skipped),
+        };
+        blobs.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// Copies one blob unless the store has it; returns its size.
+    async fn copy_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        size: Option<u64>,
+    ) -> Result<u64, FetchError> {
+        if let Some(stored) = self
+            .store
+            .blob_size(digest)
+            .await
+            .map_err(FetchError::Store)?
+        {
+            self.count(WriteOutcome::AlreadyExists, stored);
+            return Ok(stored);
+        }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let attempt = || async {
+            let stream = self
+                .registry
+                .get_blob(repo, digest)
+                .await
+                .map_err(FetchError::Registry)?;
+            let reporter = self.reporter.clone();
+            let counted =
+                stream.inspect_ok(move |chunk| reporter.bytes_transferred(chunk.len() as u64));
+            let outcome = self
+                .store
+                .put_blob(digest, size, Box::pin(counted))
+                .await
+                .map_err(FetchError::Store)?;
+            Ok::<_, FetchError>(outcome)
+        };
+        let outcome = attempt
+            .retry(self.options.retry.backoff())
+            .when(FetchError::is_retryable)
+            .notify(|e, delay| {
+                self.stats.blob_retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(repository = %repo, %digest, error = %e, ?delay, "retrying blob transfer");
+            })
+            .await?;
+        let stored = match size {
+            Some(s) => s,
+            None => self
+                .store
+                .blob_size(digest)
+                .await
+                .map_err(FetchError::Store)?
+                .unwrap_or(0),
+        };
+        self.count(outcome, stored);
+        Ok(stored)
+    }
+
+    async fn copy_referrers(&self, request: &CopyRequest, depth: usize) -> Result<(), CopyError> {
+        let referrers = self
+            .registry
+            .referrers(&request.repository, &request.digest)
+            .await
+            .map_err(|source| CopyError::Registry {
+                repository: request.repository.clone(),
+                digest: request.digest.clone(),
+                source,
+            })?;
+        for referrer in referrers.unwrap_or_default() {
+            let child = CopyRequest {
+                repository: request.repository.clone(),
+                digest: referrer.digest,
+                tags: Vec::new(),
+                observed_at: request.observed_at,
+            };
+            Box::pin(self.copy_image_at_depth(&child, None, depth + 1)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A failure inside one transfer, before it is attributed to its image.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error(transparent)]
+    Registry(RegistryError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl FetchError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            // The client already retried the request itself; a broken body is retried here.
+            FetchError::Registry(e) => e.is_transient(),
+            // A mismatch may be a corrupted transfer: fetch again, within the policy.
+            FetchError::Store(StoreError::Verify { .. }) => true,
+            FetchError::Store(e) => e.is_transient(),
+        }
+    }
+}

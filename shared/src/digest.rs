@@ -212,8 +212,18 @@ mod tests {
 
     #[test]
     fn refuses_bad_text() {
-        for bad in ["", "sha256:", "sha256:abc", "sha256:../../etc/passwd", "e3b0", &EMPTY.to_uppercase()] {
-            assert!(matches!(bad.parse::<Digest>(), Err(DigestError::Invalid { .. })), "{bad}");
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:abc",
+            "sha256:../../etc/passwd",
+            "e3b0",
+            &EMPTY.to_uppercase(),
+        ] {
+            assert!(
+                matches!(bad.parse::<Digest>(), Err(DigestError::Invalid { .. })),
+                "{bad}"
+            );
         }
         assert!(matches!(
             "sha512:abcd".parse::<Digest>(),
@@ -238,10 +248,16 @@ mod tests {
         assert!(matches!(v.finish(), Err(DigestError::Mismatch { .. })));
 
         let mut v = DigestVerifier::new(d.clone(), Some(5));
-        assert!(matches!(v.update(b"hello world"), Err(DigestError::SizeMismatch { .. })));
+        assert!(matches!(
+            v.update(b"hello world"),
+            Err(DigestError::SizeMismatch { .. })
+        ));
 
         let mut v = DigestVerifier::new(d, Some(11));
         v.update(b"hello").unwrap();
-        assert!(matches!(v.finish(), Err(DigestError::SizeMismatch { actual: 5, .. })));
+        assert!(matches!(
+            v.finish(),
+            Err(DigestError::SizeMismatch { actual: 5, .. })
+        ));
     }
 }

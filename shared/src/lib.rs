@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod aws;
+pub mod backup;
 pub mod copy;
 pub mod digest;
 pub mod ecr;

@@ -162,17 +162,21 @@ pub fn parse(
             size: bytes.len(),
         });
     }
-    let raw: RawManifest = serde_json::from_slice(bytes).map_err(|source| ManifestError::NotJson {
-        digest: digest.clone(),
-        source,
-    })?;
+    let raw: RawManifest =
+        serde_json::from_slice(bytes).map_err(|source| ManifestError::NotJson {
+            digest: digest.clone(),
+            source,
+        })?;
     let descriptor = |r: RawDescriptor| -> Result<Descriptor, ManifestError> {
         Ok(Descriptor {
             media_type: r.media_type,
-            digest: r.digest.parse().map_err(|source| ManifestError::BadReference {
-                digest: digest.clone(),
-                source,
-            })?,
+            digest: r
+                .digest
+                .parse()
+                .map_err(|source| ManifestError::BadReference {
+                    digest: digest.clone(),
+                    source,
+                })?,
             size: r.size,
             platform: r.platform.map(|p| {
                 let mut s = format!(
@@ -222,10 +226,13 @@ pub fn parse(
     for l in raw.fs_layers {
         blobs.push(Descriptor {
             media_type: None,
-            digest: l.blob_sum.parse().map_err(|source| ManifestError::BadReference {
-                digest: digest.clone(),
-                source,
-            })?,
+            digest: l
+                .blob_sum
+                .parse()
+                .map_err(|source| ManifestError::BadReference {
+                    digest: digest.clone(),
+                    source,
+                })?,
             size: None,
             platform: None,
         });
@@ -275,7 +282,7 @@ mod tests {
         assert_eq!(p.media_type, OCI_MANIFEST);
         assert_eq!(p.blobs.len(), 2);
         assert_eq!(p.blobs[1].size, Some(3));
-        assert_eq!(p.subject.unwrap().digest.to_string(), d('c'));
+        assert_eq!(p.subject.as_ref().unwrap().digest.to_string(), d('c'));
         assert!(!p.is_index());
     }
 
@@ -293,11 +300,23 @@ mod tests {
     #[test]
     fn refuses_non_json_huge_and_bad_references() {
         let dg = Digest::of(b"x");
-        assert!(matches!(parse(&dg, b"not json", None), Err(ManifestError::NotJson { .. })));
+        assert!(matches!(
+            parse(&dg, b"not json", None),
+            Err(ManifestError::NotJson { .. })
+        ));
         let big = vec![b' '; MAX_MANIFEST_BYTES + 1];
-        assert!(matches!(parse(&dg, &big, None), Err(ManifestError::TooLarge { .. })));
+        assert!(matches!(
+            parse(&dg, &big, None),
+            Err(ManifestError::TooLarge { .. })
+        ));
         let m = r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"digest":"sha256:../x","size":1},"layers":[]}"#;
-        assert!(matches!(parse(&dg, m.as_bytes(), None), Err(ManifestError::BadReference { .. })));
-        assert!(matches!(parse(&dg, b"{}", None), Err(ManifestError::UnknownType { .. })));
+        assert!(matches!(
+            parse(&dg, m.as_bytes(), None),
+            Err(ManifestError::BadReference { .. })
+        ));
+        assert!(matches!(
+            parse(&dg, b"{}", None),
+            Err(ManifestError::UnknownType { .. })
+        ));
     }
 }

@@ -194,12 +194,37 @@ mod tests {
     #[test]
     fn refuses_names_that_could_escape_a_key() {
         for bad in [
-            "", "..", "a/../b", "/a", "a/", "a//b", "A", "a%2f", "_tags", "a/_images", "é",
-            "a b", "a\\b", ".a", "a.", "a___b",
+            "",
+            "..",
+            "a/../b",
+            "/a",
+            "a/",
+            "a//b",
+            "A",
+            "a%2f",
+            "_tags",
+            "a/_images",
+            "é",
+            "a b",
+            "a\\b",
+            ".a",
+            "a.",
+            "a___b",
         ] {
             assert!(bad.parse::<RepositoryName>().is_err(), "{bad:?}");
         }
-        for bad in ["", ".", "..", "-x", ".x", "a/b", "a%b", "é", "a:b", &"t".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-x",
+            ".x",
+            "a/b",
+            "a%b",
+            "é",
+            "a:b",
+            &"t".repeat(129),
+        ] {
             assert!(bad.parse::<Tag>().is_err(), "{bad:?}");
         }
         assert!("a".repeat(257).parse::<RepositoryName>().is_err());

@@ -22,11 +22,16 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION,
+    WWW_AUTHENTICATE,
+};
 use reqwest::StatusCode;
 use url::Url;
 
-pub use auth::{parse_challenge, Challenge, CredentialSource, Credentials, Secret, StaticCredentials};
+pub use auth::{
+    parse_challenge, Challenge, CredentialSource, Credentials, Secret, StaticCredentials,
+};
 pub use error::RegistryError;
 
 use crate::digest::Digest;
@@ -226,16 +231,32 @@ impl RegistryClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_challenge);
             match challenge {
-                Some(Challenge::Bearer { realm, service, scope: wanted }) if token.is_none() || !refreshed => {
+                Some(Challenge::Bearer {
+                    realm,
+                    service,
+                    scope: wanted,
+                }) if token.is_none() || !refreshed => {
                     let scope_to_ask = wanted.unwrap_or_else(|| scope.to_owned());
                     let credentials = self.credentials.credentials(token.is_some()).await?;
                     let new = self
-                        .fetch_token(&realm, service.as_deref(), &scope_to_ask, &credentials, target, op)
+                        .fetch_token(
+                            &realm,
+                            service.as_deref(),
+                            &scope_to_ask,
+                            &credentials,
+                            target,
+                            op,
+                        )
                         .await?;
-                    self.tokens.lock().expect("token lock").insert(scope.to_owned(), new);
+                    self.tokens
+                        .lock()
+                        .expect("token lock")
+                        .insert(scope.to_owned(), new);
                     refreshed = token.is_some();
                 }
-                Some(Challenge::Basic) if !refreshed && !matches!(credentials, Credentials::Anonymous) => {
+                Some(Challenge::Basic)
+                    if !refreshed && !matches!(credentials, Credentials::Anonymous) =>
+                {
                     // ECR tokens expire: ask the source for fresh ones once.
                     refreshed = true;
                 }
@@ -298,7 +319,10 @@ impl RegistryClient {
                 op,
                 target: target.into(),
                 registry: self.name(),
-                detail: format!("token endpoint answered HTTP {}", response.status().as_u16()),
+                detail: format!(
+                    "token endpoint answered HTTP {}",
+                    response.status().as_u16()
+                ),
             });
         }
         #[derive(serde::Deserialize)]
@@ -359,7 +383,9 @@ impl RegistryClient {
     pub async fn ping(&self) -> Result<(), RegistryError> {
         let url = self.url_for("/v2/");
         let response = self
-            .send("connect to", &self.name(), "", &|| self.http.get(url.clone()))
+            .send("connect to", &self.name(), "", &|| {
+                self.http.get(url.clone())
+            })
             .await?;
         if response.status().is_success() {
             Ok(())
@@ -373,15 +399,21 @@ impl RegistryClient {
         let mut names = Vec::new();
         let mut next = Some(format!("/v2/_catalog?n={}", 1000));
         while let Some(path_and_query) = next.take() {
-            let url = self.base.join(&path_and_query).map_err(|e| RegistryError::Protocol {
-                op: "list repositories of",
-                target: self.name(),
-                reason: format!("bad Link {path_and_query:?}: {e}"),
-            })?;
+            let url = self
+                .base
+                .join(&path_and_query)
+                .map_err(|e| RegistryError::Protocol {
+                    op: "list repositories of",
+                    target: self.name(),
+                    reason: format!("bad Link {path_and_query:?}: {e}"),
+                })?;
             let response = self
-                .send("list repositories of", &self.name(), "registry:catalog:*", &|| {
-                    self.http.get(url.clone())
-                })
+                .send(
+                    "list repositories of",
+                    &self.name(),
+                    "registry:catalog:*",
+                    &|| self.http.get(url.clone()),
+                )
                 .await?;
             if !response.status().is_success() {
                 return Err(status_error("list repositories of", &self.name(), response).await);
@@ -396,7 +428,9 @@ impl RegistryClient {
             for name in page.repositories {
                 match name.parse() {
                     Ok(n) => names.push(n),
-                    Err(e) => tracing::warn!(error = %e, "skipping repository with an invalid name"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping repository with an invalid name")
+                    }
                 }
             }
         }
@@ -410,13 +444,18 @@ impl RegistryClient {
         let mut next = Some(format!("/v2/{repo}/tags/list?n=1000"));
         let what = repo.to_string();
         while let Some(path_and_query) = next.take() {
-            let url = self.base.join(&path_and_query).map_err(|e| RegistryError::Protocol {
-                op: "list tags of",
-                target: what.clone(),
-                reason: format!("bad Link {path_and_query:?}: {e}"),
-            })?;
+            let url = self
+                .base
+                .join(&path_and_query)
+                .map_err(|e| RegistryError::Protocol {
+                    op: "list tags of",
+                    target: what.clone(),
+                    reason: format!("bad Link {path_and_query:?}: {e}"),
+                })?;
             let response = self
-                .send("list tags of", &what, &scope, &|| self.http.get(url.clone()))
+                .send("list tags of", &what, &scope, &|| {
+                    self.http.get(url.clone())
+                })
                 .await?;
             if response.status() == StatusCode::NOT_FOUND {
                 return Err(RegistryError::NotFound {
@@ -437,7 +476,9 @@ impl RegistryClient {
             for t in page.tags.unwrap_or_default() {
                 match t.parse() {
                     Ok(t) => tags.push(t),
-                    Err(e) => tracing::warn!(repository = %repo, error = %e, "skipping invalid tag"),
+                    Err(e) => {
+                        tracing::warn!(repository = %repo, error = %e, "skipping invalid tag")
+                    }
                 }
             }
         }
@@ -454,7 +495,9 @@ impl RegistryClient {
         let url = self.url_for(&format!("/v2/{repo}/manifests/{reference}"));
         let response = self
             .send("resolve", &t, &pull_scope(repo), &|| {
-                self.http.head(url.clone()).header(ACCEPT, accept_manifests())
+                self.http
+                    .head(url.clone())
+                    .header(ACCEPT, accept_manifests())
             })
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
@@ -464,7 +507,8 @@ impl RegistryClient {
             return Err(status_error("resolve", &t, response).await);
         }
         let media_type = header_str(response.headers(), CONTENT_TYPE.as_str());
-        let size = header_str(response.headers(), CONTENT_LENGTH.as_str()).and_then(|s| s.parse().ok());
+        let size =
+            header_str(response.headers(), CONTENT_LENGTH.as_str()).and_then(|s| s.parse().ok());
         match header_str(response.headers(), "docker-content-digest") {
             Some(d) => Ok(Some(ManifestHead {
                 digest: d.parse().map_err(|source| RegistryError::Digest {
@@ -497,7 +541,9 @@ impl RegistryClient {
         let fetch = || async {
             let response = self
                 .send("fetch manifest", &t, &pull_scope(repo), &|| {
-                    self.http.get(url.clone()).header(ACCEPT, accept_manifests())
+                    self.http
+                        .get(url.clone())
+                        .header(ACCEPT, accept_manifests())
                 })
                 .await?;
             if response.status() == StatusCode::NOT_FOUND {
@@ -513,7 +559,10 @@ impl RegistryClient {
                 .map(|s| s.split(';').next().unwrap_or_default().trim().to_owned());
             if let Some(len) = response.content_length() {
                 if len > MAX_MANIFEST_BYTES as u64 {
-                    return Err(RegistryError::ManifestTooLarge { target: t.clone(), size: len });
+                    return Err(RegistryError::ManifestTooLarge {
+                        target: t.clone(),
+                        size: len,
+                    });
                 }
             }
             let mut body = response.bytes_stream();
@@ -556,12 +605,18 @@ impl RegistryClient {
     }
 
     /// Opens a blob as a stream of bytes. The caller verifies the digest as it reads.
-    pub async fn get_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<ByteStream, RegistryError> {
+    pub async fn get_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<ByteStream, RegistryError> {
         let t = target(repo, &digest.to_string());
         let url = self.url_for(&format!("/v2/{repo}/blobs/{digest}"));
         self.stats.blob_gets.fetch_add(1, Ordering::Relaxed);
         let response = self
-            .send("fetch blob", &t, &pull_scope(repo), &|| self.http.get(url.clone()))
+            .send("fetch blob", &t, &pull_scope(repo), &|| {
+                self.http.get(url.clone())
+            })
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Err(RegistryError::NotFound {
@@ -572,9 +627,11 @@ impl RegistryClient {
         if !response.status().is_success() {
             return Err(status_error("fetch blob", &t, response).await);
         }
-        Ok(Box::pin(response.bytes_stream().map_err(|e| {
-            std::io::Error::other(e.without_url())
-        })))
+        Ok(Box::pin(
+            response
+                .bytes_stream()
+                .map_err(|e| std::io::Error::other(e.without_url())),
+        ))
     }
 
     /// The referrers of a manifest, or `None` when the registry has no referrers API.
@@ -587,10 +644,15 @@ impl RegistryClient {
         let url = self.url_for(&format!("/v2/{repo}/referrers/{digest}"));
         let response = self
             .send("list referrers of", &t, &pull_scope(repo), &|| {
-                self.http.get(url.clone()).header(ACCEPT, manifest::OCI_INDEX)
+                self.http
+                    .get(url.clone())
+                    .header(ACCEPT, manifest::OCI_INDEX)
             })
             .await?;
-        if matches!(response.status(), StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST) {
+        if matches!(
+            response.status(),
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST
+        ) {
             return Ok(None);
         }
         if !response.status().is_success() {
@@ -602,22 +664,29 @@ impl RegistryClient {
             source: e.without_url(),
         })?;
         let index_digest = Digest::of(&bytes);
-        let parsed = manifest::parse(&index_digest, &bytes, Some(manifest::OCI_INDEX)).map_err(|e| {
-            RegistryError::Protocol {
-                op: "list referrers of",
-                target: t.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let parsed =
+            manifest::parse(&index_digest, &bytes, Some(manifest::OCI_INDEX)).map_err(|e| {
+                RegistryError::Protocol {
+                    op: "list referrers of",
+                    target: t.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         Ok(Some(parsed.manifests))
     }
 
     /// True if the registry has the blob.
-    pub async fn blob_exists(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool, RegistryError> {
+    pub async fn blob_exists(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
         let t = target(repo, &digest.to_string());
         let url = self.url_for(&format!("/v2/{repo}/blobs/{digest}"));
         let response = self
-            .send("check blob", &t, &pull_scope(repo), &|| self.http.head(url.clone()))
+            .send("check blob", &t, &pull_scope(repo), &|| {
+                self.http.head(url.clone())
+            })
             .await?;
         match response.status() {
             s if s.is_success() => Ok(true),
@@ -627,8 +696,15 @@ impl RegistryClient {
     }
 
     /// True if the registry has the manifest.
-    pub async fn manifest_exists(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool, RegistryError> {
-        Ok(self.head_manifest(repo, &digest.to_string()).await?.is_some())
+    pub async fn manifest_exists(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        Ok(self
+            .head_manifest(repo, &digest.to_string())
+            .await?
+            .is_some())
     }
 
     /// Asks the registry to mount a blob from another repository; true if it did.
@@ -645,7 +721,9 @@ impl RegistryClient {
             .append_pair("from", from.as_str());
         let scope = format!("repository:{repo}:pull,push repository:{from}:pull");
         let response = self
-            .send("mount blob", &t, &scope, &|| self.http.post(url.clone()).header(CONTENT_LENGTH, "0"))
+            .send("mount blob", &t, &scope, &|| {
+                self.http.post(url.clone()).header(CONTENT_LENGTH, "0")
+            })
             .await?;
         Ok(response.status() == StatusCode::CREATED)
     }
@@ -663,7 +741,9 @@ impl RegistryClient {
         let start_url = self.url_for(&format!("/v2/{repo}/blobs/uploads/"));
         let response = self
             .send("start upload of", &t, &scope, &|| {
-                self.http.post(start_url.clone()).header(CONTENT_LENGTH, "0")
+                self.http
+                    .post(start_url.clone())
+                    .header(CONTENT_LENGTH, "0")
             })
             .await?;
         if response.status() != StatusCode::ACCEPTED {
@@ -688,8 +768,12 @@ impl RegistryClient {
         if !response.status().is_success() {
             return Err(status_error("upload", &t, response).await);
         }
-        let mut put_url = self.upload_location(&t, response.headers()).unwrap_or(location);
-        put_url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        let mut put_url = self
+            .upload_location(&t, response.headers())
+            .unwrap_or(location);
+        put_url
+            .query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
         let response = self
             .send("finish upload of", &t, &scope, &|| {
                 self.http.put(put_url.clone()).header(CONTENT_LENGTH, "0")
@@ -702,7 +786,11 @@ impl RegistryClient {
     }
 
     /// Uploads a blob held in memory, with retries.
-    pub async fn push_blob_bytes(&self, repo: &RepositoryName, bytes: Bytes) -> Result<Digest, RegistryError> {
+    pub async fn push_blob_bytes(
+        &self,
+        repo: &RepositoryName,
+        bytes: Bytes,
+    ) -> Result<Digest, RegistryError> {
         let digest = Digest::of(&bytes);
         let size = bytes.len() as u64;
         (|| async {
@@ -740,16 +828,19 @@ impl RegistryClient {
     }
 
     fn upload_location(&self, t: &str, headers: &HeaderMap) -> Result<Url, RegistryError> {
-        let location = header_str(headers, LOCATION.as_str()).ok_or_else(|| RegistryError::Protocol {
-            op: "upload",
-            target: t.into(),
-            reason: "no Location header in the upload response".into(),
-        })?;
-        self.base.join(&location).map_err(|e| RegistryError::Protocol {
-            op: "upload",
-            target: t.into(),
-            reason: format!("bad upload Location: {e}"),
-        })
+        let location =
+            header_str(headers, LOCATION.as_str()).ok_or_else(|| RegistryError::Protocol {
+                op: "upload",
+                target: t.into(),
+                reason: "no Location header in the upload response".into(),
+            })?;
+        self.base
+            .join(&location)
+            .map_err(|e| RegistryError::Protocol {
+                op: "upload",
+                target: t.into(),
+                reason: format!("bad upload Location: {e}"),
+            })
     }
 }
 
@@ -776,7 +867,10 @@ fn bearer(token: &Secret) -> HeaderValue {
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// The `rel="next"` target of a `Link` header.
@@ -787,7 +881,12 @@ fn next_link(headers: &HeaderMap) -> Option<String> {
         if !params.contains("rel=\"next\"") && !params.contains("rel=next") {
             return None;
         }
-        Some(url.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+        Some(
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned(),
+        )
     })
 }
 
@@ -808,7 +907,11 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
-async fn status_error(op: &'static str, target: &str, response: reqwest::Response) -> RegistryError {
+async fn status_error(
+    op: &'static str,
+    target: &str,
+    response: reqwest::Response,
+) -> RegistryError {
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -818,7 +921,11 @@ async fn status_error(op: &'static str, target: &str, response: reqwest::Respons
     let body = response
         .bytes()
         .await
-        .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).trim().to_owned())
+        .map(|b| {
+            String::from_utf8_lossy(&b[..b.len().min(300)])
+                .trim()
+                .to_owned()
+        })
         .unwrap_or_default();
     if status == 404 {
         return RegistryError::NotFound {
@@ -841,15 +948,26 @@ mod tests {
 
     #[test]
     fn parses_registry_urls() {
-        assert_eq!(parse_registry_url("127.0.0.1:5000").unwrap().as_str(), "https://127.0.0.1:5000/");
-        assert_eq!(parse_registry_url("http://localhost:5000").unwrap().scheme(), "http");
+        assert_eq!(
+            parse_registry_url("127.0.0.1:5000").unwrap().as_str(),
+            "https://127.0.0.1:5000/"
+        );
+        assert_eq!(
+            parse_registry_url("http://localhost:5000")
+                .unwrap()
+                .scheme(),
+            "http"
+        );
         assert!(parse_registry_url("ftp://x").is_err());
     }
 
     #[test]
     fn finds_next_link() {
         let mut h = HeaderMap::new();
-        h.insert("link", HeaderValue::from_static("</v2/_catalog?last=b&n=2>; rel=\"next\""));
+        h.insert(
+            "link",
+            HeaderValue::from_static("</v2/_catalog?last=b&n=2>; rel=\"next\""),
+        );
         assert_eq!(next_link(&h).as_deref(), Some("/v2/_catalog?last=b&n=2"));
     }
 }

@@ -12,8 +12,15 @@ pub async fn run_conformance_suite(backend: &dyn Backend) {
     let digest = Digest::of(&data);
     let key = format!("blobs/sha256/{}", digest.hex());
 
-    assert_eq!(backend.stat(&key).await.unwrap(), None, "stat of a missing key");
-    assert!(backend.read(&key).await.unwrap().is_none(), "read of a missing key");
+    assert_eq!(
+        backend.stat(&key).await.unwrap(),
+        None,
+        "stat of a missing key"
+    );
+    assert!(
+        backend.read(&key).await.unwrap().is_none(),
+        "read of a missing key"
+    );
     assert!(
         matches!(backend.open(&key).await, Err(StoreError::NotFound { .. })),
         "open of a missing key must be NotFound"
@@ -23,15 +30,32 @@ pub async fn run_conformance_suite(backend: &dyn Backend) {
     let mut flipped = data.to_vec();
     flipped[1000] ^= 1;
     let err = backend
-        .write_verified(&key, &digest, Some(data.len() as u64), chunked(flipped.into()))
+        .write_verified(
+            &key,
+            &digest,
+            Some(data.len() as u64),
+            chunked(flipped.into()),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Verify { .. }), "flipped byte: {err}");
-    assert_eq!(backend.stat(&key).await.unwrap(), None, "refused blob is visible");
+    assert!(
+        matches!(err, StoreError::Verify { .. }),
+        "flipped byte: {err}"
+    );
+    assert_eq!(
+        backend.stat(&key).await.unwrap(),
+        None,
+        "refused blob is visible"
+    );
 
     // Truncated: refused too.
     let err = backend
-        .write_verified(&key, &digest, Some(data.len() as u64), chunked(data.slice(..1000)))
+        .write_verified(
+            &key,
+            &digest,
+            Some(data.len() as u64),
+            chunked(data.slice(..1000)),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Verify { .. }), "truncated: {err}");
@@ -39,19 +63,33 @@ pub async fn run_conformance_suite(backend: &dyn Backend) {
     // A stream that breaks in the middle is refused.
     let broken: ByteStream = Box::pin(stream::iter(vec![
         Ok(data.slice(..100)),
-        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        )),
     ]));
     let err = backend
         .write_verified(&key, &digest, None, broken)
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Source { .. }), "broken stream: {err}");
+    assert!(
+        matches!(err, StoreError::Source { .. }),
+        "broken stream: {err}"
+    );
     assert_eq!(backend.stat(&key).await.unwrap(), None);
-    assert!(backend.list("blobs/").await.unwrap().is_empty(), "partial blob listed");
+    assert!(
+        backend.list("blobs/").await.unwrap().is_empty(),
+        "partial blob listed"
+    );
 
     // The real bytes are accepted once, and a second write is a no-op.
     let outcome = backend
-        .write_verified(&key, &digest, Some(data.len() as u64), chunked(data.clone()))
+        .write_verified(
+            &key,
+            &digest,
+            Some(data.len() as u64),
+            chunked(data.clone()),
+        )
         .await
         .unwrap();
     assert_eq!(outcome, WriteOutcome::Written);
@@ -68,19 +106,37 @@ pub async fn run_conformance_suite(backend: &dyn Backend) {
     let small = Bytes::from_static(b"{}");
     let small_key = format!("blobs/sha256/{}", Digest::of(&small).hex());
     backend
-        .write_verified(&small_key, &Digest::of(&small), Some(2), stream_of(small.clone()))
+        .write_verified(
+            &small_key,
+            &Digest::of(&small),
+            Some(2),
+            stream_of(small.clone()),
+        )
         .await
         .unwrap();
     assert_eq!(backend.read(&small_key).await.unwrap(), Some(small));
 
     // Records replace atomically.
-    backend.write("repositories/a/_tags/t/x.json", Bytes::from_static(b"one")).await.unwrap();
-    backend.write("repositories/a/_tags/t/x.json", Bytes::from_static(b"two")).await.unwrap();
+    backend
+        .write("repositories/a/_tags/t/x.json", Bytes::from_static(b"one"))
+        .await
+        .unwrap();
+    backend
+        .write("repositories/a/_tags/t/x.json", Bytes::from_static(b"two"))
+        .await
+        .unwrap();
     assert_eq!(
-        backend.read("repositories/a/_tags/t/x.json").await.unwrap().as_deref(),
+        backend
+            .read("repositories/a/_tags/t/x.json")
+            .await
+            .unwrap()
+            .as_deref(),
         Some(&b"two"[..])
     );
-    backend.write("repositories/ab/_tags/u/y.json", Bytes::from_static(b"3")).await.unwrap();
+    backend
+        .write("repositories/ab/_tags/u/y.json", Bytes::from_static(b"3"))
+        .await
+        .unwrap();
 
     // Listing is by key prefix, recursive, and never shows temporary files.
     let mut keys: Vec<String> = backend

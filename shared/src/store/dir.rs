@@ -39,7 +39,10 @@ impl DirBackend {
 
     fn path(&self, key: &str) -> PathBuf {
         // Keys come from `Layout`, built from validated names; refuse anything else loudly.
-        debug_assert!(!key.split('/').any(|c| c == ".." || c.is_empty()), "bad key {key}");
+        debug_assert!(
+            !key.split('/').any(|c| c == ".." || c.is_empty()),
+            "bad key {key}"
+        );
         self.root.join(key)
     }
 
@@ -149,15 +152,19 @@ impl Backend for DirBackend {
                     key: key.into(),
                     source,
                 })?;
-                verifier.update(&chunk).map_err(|source| StoreError::Verify {
-                    key: key.into(),
-                    source,
-                })?;
+                verifier
+                    .update(&chunk)
+                    .map_err(|source| StoreError::Verify {
+                        key: key.into(),
+                        source,
+                    })?;
                 file.write_all(&chunk)
                     .await
                     .map_err(|source| io("write", key, source))?;
             }
-            file.flush().await.map_err(|source| io("write", key, source))?;
+            file.flush()
+                .await
+                .map_err(|source| io("write", key, source))?;
             verifier.finish().map_err(|source| StoreError::Verify {
                 key: key.into(),
                 source,
@@ -199,7 +206,11 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>, StoreErro
     let mut out = Vec::new();
     let mut stack = vec![start_dir.to_owned()];
     while let Some(rel) = stack.pop() {
-        let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(&rel) };
+        let dir = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -210,11 +221,17 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>, StoreErro
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let key = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             if key == TMP_DIR {
                 continue;
             }
-            let meta = entry.metadata().map_err(|source| io("stat", &key, source))?;
+            let meta = entry
+                .metadata()
+                .map_err(|source| io("stat", &key, source))?;
             if meta.is_dir() {
                 if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
                     stack.push(key);

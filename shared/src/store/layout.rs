@@ -50,7 +50,12 @@ impl Layout {
 
     /// `repositories/<repo>/_tags/<tag>/<observed>_sha256-<hex>.json`, where `observed`
     /// (`YYYYMMDDTHHMMSS.ffffffZ`) is when the registry was seen with that tag.
-    pub fn tag(repo: &RepositoryName, tag: &Tag, digest: &Digest, observed: DateTime<Utc>) -> String {
+    pub fn tag(
+        repo: &RepositoryName,
+        tag: &Tag,
+        digest: &Digest,
+        observed: DateTime<Utc>,
+    ) -> String {
         format!(
             "{}{tag}/{}_sha256-{}.json",
             Self::tags(repo),
@@ -63,13 +68,18 @@ impl Layout {
     pub fn parse_tag_file_name(name: &str) -> Option<(DateTime<Utc>, Digest)> {
         let (time, rest) = name.split_once('_')?;
         let digest = Self::digest_from_file_name(rest)?;
-        let time = NaiveDateTime::parse_from_str(time, TAG_TIME_FORMAT).ok()?.and_utc();
+        let time = NaiveDateTime::parse_from_str(time, TAG_TIME_FORMAT)
+            .ok()?
+            .and_utc();
         Some((time, digest))
     }
 
     /// `repositories/<repo>/_deleted/sha256-<hex>.json`.
     pub fn deletion(repo: &RepositoryName, digest: &Digest) -> String {
-        format!("{REPOSITORIES_PREFIX}{repo}/_deleted/sha256-{}.json", digest.hex())
+        format!(
+            "{REPOSITORIES_PREFIX}{repo}/_deleted/sha256-{}.json",
+            digest.hex()
+        )
     }
 
     /// `snapshots/<id>.json`.
@@ -114,7 +124,11 @@ mod tests {
         let (time, digest) = Layout::parse_tag_file_name(file).unwrap();
         assert_eq!(digest, d);
         assert_eq!(time.timestamp_micros(), now.timestamp_micros());
-        let (r, kind, rest) = Layout::split_record_key(&Layout::image(&repo, &d)).unwrap();
-        assert_eq!((r, kind, Layout::digest_from_file_name(rest)), (repo, "_images", Some(d)));
+        let image_key = Layout::image(&repo, &d);
+        let (r, kind, rest) = Layout::split_record_key(&image_key).unwrap();
+        assert_eq!(
+            (r, kind, Layout::digest_from_file_name(rest)),
+            (repo, "_images", Some(d))
+        );
     }
 }

@@ -188,10 +188,12 @@ impl S3Backend {
                             key: key.into(),
                             source,
                         })?;
-                        verifier.update(&chunk).map_err(|source| StoreError::Verify {
-                            key: key.into(),
-                            source,
-                        })?;
+                        verifier
+                            .update(&chunk)
+                            .map_err(|source| StoreError::Verify {
+                                key: key.into(),
+                                source,
+                            })?;
                         buffer.extend_from_slice(&chunk);
                         if buffer.len() >= PART_SIZE {
                             pending = Some(buffer.split_to(PART_SIZE).freeze());
@@ -364,7 +366,8 @@ impl Backend for S3Backend {
             return Ok(WriteOutcome::AlreadyExists);
         }
         let mut verifier = DigestVerifier::new(digest.clone(), size);
-        let mut buffer = BytesMut::with_capacity(size.map_or(PART_SIZE, |s| (s as usize).min(PART_SIZE)));
+        let mut buffer =
+            BytesMut::with_capacity(size.map_or(PART_SIZE, |s| (s as usize).min(PART_SIZE)));
         // Read up to one part: a blob that ends before is checked whole, then sent in one request.
         while buffer.len() < PART_SIZE {
             match bytes.next().await {
@@ -373,10 +376,12 @@ impl Backend for S3Backend {
                         key: key.into(),
                         source,
                     })?;
-                    verifier.update(&chunk).map_err(|source| StoreError::Verify {
-                        key: key.into(),
-                        source,
-                    })?;
+                    verifier
+                        .update(&chunk)
+                        .map_err(|source| StoreError::Verify {
+                            key: key.into(),
+                            source,
+                        })?;
                     buffer.extend_from_slice(&chunk);
                 }
                 None => {
@@ -389,7 +394,8 @@ impl Backend for S3Backend {
             }
         }
         let first = buffer.split_to(PART_SIZE).freeze();
-        self.put_multipart(key, first, buffer, bytes, verifier).await
+        self.put_multipart(key, first, buffer, bytes, verifier)
+            .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {

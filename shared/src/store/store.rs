@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::layout::{self, Layout};
-use super::{stream_of, Backend, ByteStream, DirBackend, S3Backend, S3Location, StoreError, WriteOutcome};
+use super::{
+    stream_of, Backend, ByteStream, DirBackend, S3Backend, S3Location, StoreError, WriteOutcome,
+};
 use crate::digest::Digest;
 use crate::names::{RepositoryName, Tag};
 use crate::records::{DeletionRecord, ImageRecord, Snapshot, TagRecord, RECORD_VERSION};
@@ -36,7 +38,9 @@ impl StoreLocation {
         if let Some((scheme, _)) = text.split_once("://") {
             return Err(StoreError::InvalidLocation {
                 location: text.into(),
-                reason: format!("unknown scheme {scheme:?}: use a directory path or s3://bucket/prefix"),
+                reason: format!(
+                    "unknown scheme {scheme:?}: use a directory path or s3://bucket/prefix"
+                ),
             });
         }
         if text.is_empty() {
@@ -165,7 +169,11 @@ impl Store {
     }
 
     /// Stores a small blob (a manifest) held in memory.
-    pub async fn put_blob_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<WriteOutcome, StoreError> {
+    pub async fn put_blob_bytes(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+    ) -> Result<WriteOutcome, StoreError> {
         let size = bytes.len() as u64;
         self.put_blob(digest, Some(size), stream_of(bytes)).await
     }
@@ -204,14 +212,22 @@ impl Store {
 
     /// Appends a tag observation.
     pub async fn put_tag_record(&self, record: &TagRecord) -> Result<(), StoreError> {
-        let key = Layout::tag(&record.repository, &record.tag, &record.digest, record.observed_at);
+        let key = Layout::tag(
+            &record.repository,
+            &record.tag,
+            &record.digest,
+            record.observed_at,
+        );
         self.write_json_once(&key, record).await
     }
 
     /// Records that an image was deleted from the source.
     pub async fn put_deletion_record(&self, record: &DeletionRecord) -> Result<(), StoreError> {
-        self.write_json_once(&Layout::deletion(&record.repository, &record.digest), record)
-            .await
+        self.write_json_once(
+            &Layout::deletion(&record.repository, &record.digest),
+            record,
+        )
+        .await
     }
 
     /// Lists what the store holds, for every repository or for one.
@@ -241,13 +257,18 @@ impl Store {
                     }
                 }
                 "_tags" => {
-                    let Some((tag, file)) = rest.split_once('/') else { continue };
+                    let Some((tag, file)) = rest.split_once('/') else {
+                        continue;
+                    };
                     let (Ok(tag), Some((observed_at, digest))) =
                         (tag.parse::<Tag>(), Layout::parse_tag_file_name(file))
                     else {
                         continue;
                     };
-                    entry.tags.entry(tag).or_default().push(TagEntry { digest, observed_at });
+                    entry.tags.entry(tag).or_default().push(TagEntry {
+                        digest,
+                        observed_at,
+                    });
                 }
                 _ => {}
             }
@@ -262,7 +283,8 @@ impl Store {
 
     /// Writes a run's snapshot.
     pub async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        self.write_json_once(&Layout::snapshot(&snapshot.id), snapshot).await
+        self.write_json_once(&Layout::snapshot(&snapshot.id), snapshot)
+            .await
     }
 
     /// Snapshot ids, oldest first.

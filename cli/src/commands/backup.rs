@@ -1,0 +1,149 @@
+//! `ecr-backup backup`: copy every selected image of a registry into a store.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ecr_backup::backup::{self, BackupReport, RunOptions};
+use ecr_backup::copy::{CopyEngine, CopyOptions};
+use ecr_backup::filter::ImageFilter;
+use ecr_backup::registry::Credentials;
+use ecr_backup::source::Source;
+use ecr_backup::store::{Store, StoreLocation};
+
+use super::Global;
+use crate::progress::{human_bytes, Bar};
+use crate::Outcome;
+
+/// Arguments of `backup`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Registry to back up: `host[:port]`, `http://host:port`, or an ECR registry
+    /// (`<account>.dkr.ecr.<region>.amazonaws.com`, enumerated through the ECR API).
+    #[arg(long, env = "ECR_BACKUP_SOURCE")]
+    source: String,
+    /// Where to store the backup: a directory, or `s3://bucket/prefix`.
+    #[arg(long, env = "ECR_BACKUP_STORE", default_value = "ecr-backup-store")]
+    store: String,
+    /// Reach the registry's data plane at this URL instead (a proxy, a local mirror).
+    #[arg(long, env = "ECR_BACKUP_REGISTRY_ENDPOINT")]
+    registry_endpoint: Option<String>,
+    /// Registry credentials as `USER:PASSWORD` (ECR logs in by itself).
+    #[arg(long, env = "ECR_BACKUP_SOURCE_CREDENTIALS", hide_env_values = true)]
+    credentials: Option<String>,
+    /// Only repositories matching this glob (repeatable).
+    #[arg(long = "repository", value_name = "GLOB")]
+    repositories: Vec<String>,
+    /// Leave out repositories matching this glob (repeatable).
+    #[arg(long = "exclude-repository", value_name = "GLOB")]
+    exclude_repositories: Vec<String>,
+    /// Only tags matching this regular expression (whole tag); untagged images are then left out.
+    #[arg(long, value_name = "REGEX")]
+    tag: Option<String>,
+    /// Images copied at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Blob transfers at once, across all images.
+    #[arg(long, default_value_t = 8)]
+    blob_concurrency: usize,
+    /// Do not follow the registry's referrers API (signatures, SBOMs).
+    #[arg(long)]
+    no_referrers: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `backup`.
+pub async fn run(args: Args, global: Global) -> Result<Outcome> {
+    let filter = ImageFilter::new(
+        &args.repositories,
+        &args.exclude_repositories,
+        args.tag.as_deref(),
+    )?;
+    let credentials = match &args.credentials {
+        Some(text) => Some(
+            Credentials::from_user_password(text).context("--credentials must be USER:PASSWORD")?,
+        ),
+        None => None,
+    };
+    let location = StoreLocation::parse(&args.store)?;
+    let store = Store::open(&location).await;
+    let source =
+        Source::connect(&args.source, args.registry_endpoint.as_deref(), credentials).await?;
+    if source.ecr().is_none() {
+        source
+            .registry()
+            .ping()
+            .await
+            .with_context(|| format!("connecting to registry {}", args.source))?;
+    }
+    store
+        .init()
+        .await
+        .with_context(|| format!("opening store {}", store.location()))?;
+
+    let bar = Arc::new(Bar::new(global.show_progress(args.json), "backing up"));
+    let engine = CopyEngine::new(
+        source.registry().clone(),
+        store,
+        source.name().to_owned(),
+        CopyOptions {
+            blob_concurrency: args.blob_concurrency,
+            copy_referrers: !args.no_referrers,
+            ..CopyOptions::default()
+        },
+        bar.clone(),
+    );
+    let options = RunOptions {
+        filter,
+        image_concurrency: args.concurrency,
+    };
+    let report = backup::run(&source, &engine, &options, bar.clone()).await?;
+    bar.finish();
+    print_report(&report, args.json, global.quiet)?;
+    Ok(if report.is_success() {
+        Outcome::Success
+    } else {
+        Outcome::Partial
+    })
+}
+
+fn print_report(report: &BackupReport, json: bool, quiet: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    if !quiet {
+        println!(
+            "Backed up {} into {} (snapshot {})",
+            report.source, report.store, report.snapshot
+        );
+        println!(
+            "  images: {} copied, {} already present, {} failed",
+            report.images_copied,
+            report.images_present,
+            report.images_failed.len()
+        );
+        println!(
+            "  blobs:  {} copied ({}), {} skipped ({})",
+            report.blobs_copied,
+            human_bytes(report.bytes_copied),
+            report.blobs_skipped,
+            human_bytes(report.bytes_skipped)
+        );
+        println!(
+            "  {} registry requests, {} blob downloads, {} retries, {:.1} s",
+            report.registry_requests, report.blob_gets, report.retries, report.elapsed_seconds
+        );
+        for archived in &report.images_archived {
+            println!("  archived in ECR, not backed up: {archived}");
+        }
+    }
+    for failed in &report.images_failed {
+        eprintln!(
+            "failed: {}@{}: {}",
+            failed.repository, failed.digest, failed.error
+        );
+    }
+    Ok(())
+}

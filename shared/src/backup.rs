@@ -1,0 +1,370 @@
+//! A backup run: enumerate a source, work out what the store lacks, copy it, and record
+//! the registry's state as a snapshot. The CLI runs all of it in one process; the
+//! fan-out Lambda runs [`plan`] and hands the copies to workers through a queue.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::copy::{CopyEngine, CopyError, CopyRequest, ImageOutcome};
+use crate::digest::Digest;
+use crate::filter::ImageFilter;
+use crate::names::{RepositoryName, Tag};
+use crate::progress::Reporter;
+use crate::records::{Snapshot, SnapshotRepository};
+use crate::source::{Source, SourceError, SourceImage};
+use crate::store::{Catalog, IndexRef, Store, StoreError};
+
+/// Repositories enumerated at once.
+const REPOSITORY_CONCURRENCY: usize = 4;
+
+/// A run could not even start or finish its bookkeeping.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// Enumerating the source failed.
+    #[error("enumerating {source_name}: {error}")]
+    Source {
+        /// The registry.
+        source_name: String,
+        /// What failed.
+        #[source]
+        error: SourceError,
+    },
+    /// Reading or writing the store's records failed.
+    #[error("updating the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What a source holds, and what the store lacks of it.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The registry's state at enumeration time.
+    pub snapshot: Snapshot,
+    /// Images (with their selected tags) to copy or to record tags for.
+    pub work: Vec<CopyRequest>,
+    /// Images selected and already complete in the store.
+    pub up_to_date: usize,
+    /// Archived ECR images that cannot be pulled now.
+    pub archived: Vec<SourceImage>,
+}
+
+/// Enumerates `source` and compares it with what `catalog` says the store holds.
+pub async fn plan(
+    source: &Source,
+    filter: &ImageFilter,
+    catalog: &Catalog,
+) -> Result<Plan, BackupError> {
+    let taken_at = Utc::now();
+    let source_err = |error| BackupError::Source {
+        source_name: source.name().to_owned(),
+        error,
+    };
+    let repositories: Vec<RepositoryName> = source
+        .repositories()
+        .await
+        .map_err(source_err)?
+        .into_iter()
+        .filter(|r| filter.repository(r))
+        .collect();
+    let listed: Vec<(RepositoryName, Vec<SourceImage>)> = futures::stream::iter(repositories)
+        .map(|repo| async move {
+            let images = source.images(&repo).await?;
+            Ok::<_, SourceError>((repo, images))
+        })
+        .buffered(REPOSITORY_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(source_err)?;
+
+    let mut snapshot = Snapshot::new(source.name().to_owned(), taken_at);
+    let mut work = Vec::new();
+    let mut up_to_date = 0;
+    let mut archived = Vec::new();
+    let empty = Default::default();
+    for (repo, images) in listed {
+        let known = catalog.get(&repo).unwrap_or(&empty);
+        let entry: &mut SnapshotRepository = snapshot.repositories.entry(repo.clone()).or_default();
+        for image in images {
+            let Some(tags) = filter.select_tags(&image.tags) else {
+                continue;
+            };
+            entry.images.push(image.digest.clone());
+            for t in &tags {
+                entry.tags.insert(t.clone(), image.digest.clone());
+            }
+            if image.archived {
+                archived.push(image);
+                continue;
+            }
+            let complete = known.images.contains_key(&image.digest)
+                && tags.iter().all(|t| {
+                    known
+                        .tag_as_of(t, None)
+                        .is_some_and(|e| e.digest == image.digest)
+                });
+            if complete {
+                up_to_date += 1;
+            } else {
+                work.push(CopyRequest {
+                    repository: repo.clone(),
+                    digest: image.digest,
+                    tags,
+                    observed_at: taken_at,
+                });
+            }
+        }
+    }
+    Ok(Plan {
+        snapshot,
+        work,
+        up_to_date,
+        archived,
+    })
+}
+
+/// One image that could not be backed up.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedImage {
+    /// The repository.
+    pub repository: RepositoryName,
+    /// The image.
+    pub digest: Digest,
+    /// Its tags.
+    pub tags: Vec<Tag>,
+    /// Why, with the cause chain.
+    pub error: String,
+}
+
+/// The summary of a run (also its `--json` output).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// The registry.
+    pub source: String,
+    /// The store.
+    pub store: String,
+    /// The snapshot written.
+    pub snapshot: String,
+    /// Images copied by this run.
+    pub images_copied: u64,
+    /// Images already in the store (tag records added where they had moved).
+    pub images_present: u64,
+    /// Images that failed.
+    pub images_failed: Vec<FailedImage>,
+    /// Archived ECR images that were listed but could not be pulled.
+    pub images_archived: Vec<String>,
+    /// Blobs and manifests written.
+    pub blobs_copied: u64,
+    /// Blobs found in the store already.
+    pub blobs_skipped: u64,
+    /// Bytes written.
+    pub bytes_copied: u64,
+    /// Bytes not transferred because the store had them.
+    pub bytes_skipped: u64,
+    /// Registry HTTP requests.
+    pub registry_requests: u64,
+    /// Blob downloads started.
+    pub blob_gets: u64,
+    /// Retried requests and transfers.
+    pub retries: u64,
+    /// Wall time, in seconds.
+    pub elapsed_seconds: f64,
+}
+
+impl BackupReport {
+    /// True when every selected image is in the store.
+    pub fn is_success(&self) -> bool {
+        self.images_failed.is_empty()
+    }
+}
+
+/// Settings of a local run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Which repositories and tags.
+    pub filter: ImageFilter,
+    /// Images copied at once.
+    pub image_concurrency: usize,
+}
+
+/// Backs up `source` into the engine's store: plan, copy, snapshot, index.
+pub async fn run(
+    source: &Source,
+    engine: &CopyEngine,
+    options: &RunOptions,
+    reporter: Arc<dyn Reporter>,
+) -> Result<BackupReport, BackupError> {
+    let started = Instant::now();
+    let store = engine.store();
+    store.init().await?;
+    let catalog = store.catalog(None).await?;
+    let plan = plan(source, &options.filter, &catalog).await?;
+    reporter.images_found(plan.work.len() as u64);
+
+    let empty = Default::default();
+    let results: Vec<(CopyRequest, Result<ImageOutcome, CopyError>)> = futures::stream::iter(plan.work.iter())
+        .map(|request| {
+            let known = catalog.get(&request.repository).unwrap_or(&empty);
+            let reporter = reporter.clone();
+            async move {
+                let result = engine.copy_image(request, Some(known)).await;
+                reporter.image_finished(&request.repository, &request.digest, result.is_ok());
+                if let Err(e) = &result {
+                    tracing::error!(repository = %request.repository, digest = %request.digest, error = %error_chain(e), "image failed");
+                }
+                (request.clone(), result)
+            }
+        })
+        .buffer_unordered(options.image_concurrency.max(1))
+        .collect()
+        .await;
+
+    store.put_snapshot(&plan.snapshot).await?;
+    rebuild_index(store).await?;
+
+    let mut report = BackupReport {
+        source: source.name().to_owned(),
+        store: store.location(),
+        snapshot: plan.snapshot.id.clone(),
+        images_copied: 0,
+        images_present: plan.up_to_date as u64,
+        images_failed: Vec::new(),
+        images_archived: plan
+            .archived
+            .iter()
+            .map(|i| format!("{}@{}", i.repository, i.digest))
+            .collect(),
+        blobs_copied: 0,
+        blobs_skipped: 0,
+        bytes_copied: 0,
+        bytes_skipped: 0,
+        registry_requests: 0,
+        blob_gets: 0,
+        retries: 0,
+        elapsed_seconds: 0.0,
+    };
+    for (request, result) in results {
+        match result {
+            Ok(ImageOutcome::Copied) => report.images_copied += 1,
+            Ok(ImageOutcome::AlreadyPresent) => report.images_present += 1,
+            Err(e) => report.images_failed.push(FailedImage {
+                repository: request.repository,
+                digest: request.digest,
+                tags: request.tags,
+                error: error_chain(&e),
+            }),
+        }
+    }
+    let stats = engine.stats();
+    let registry = source.registry().stats();
+    report.blobs_copied = stats.blobs_copied.load(Ordering::Relaxed);
+    report.blobs_skipped = stats.blobs_skipped.load(Ordering::Relaxed);
+    report.bytes_copied = stats.bytes_copied.load(Ordering::Relaxed);
+    report.bytes_skipped = stats.bytes_skipped.load(Ordering::Relaxed);
+    report.registry_requests = registry.requests.load(Ordering::Relaxed);
+    report.blob_gets = registry.blob_gets.load(Ordering::Relaxed);
+    report.retries =
+        registry.retries.load(Ordering::Relaxed) + stats.blob_retries.load(Ordering::Relaxed);
+    report.elapsed_seconds = round_ms(started.elapsed());
+    report
+        .images_failed
+        .sort_by(|a, b| (&a.repository, &a.digest).cmp(&(&b.repository, &b.digest)));
+    Ok(report)
+}
+
+fn round_ms(d: Duration) -> f64 {
+    (d.as_millis() as f64) / 1000.0
+}
+
+/// Formats an error with its causes: `a: b: c`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+/// The tags as they stand now, or as they stood at `at`: from the latest snapshot at or
+/// before that time, updated by tag records observed after it (push events between runs).
+pub async fn tag_view(
+    store: &Store,
+    catalog: &Catalog,
+    at: Option<DateTime<Utc>>,
+) -> Result<BTreeMap<(RepositoryName, Tag), Digest>, StoreError> {
+    let mut view = BTreeMap::new();
+    let ids = store.snapshot_ids().await?;
+    let mut base: Option<Snapshot> = None;
+    for id in ids.iter().rev() {
+        let Some(snapshot) = store.snapshot(id).await? else {
+            continue;
+        };
+        if at.is_none_or(|at| snapshot.taken_at <= at) {
+            base = Some(snapshot);
+            break;
+        }
+    }
+    let since = base.as_ref().map(|s| s.taken_at);
+    if let Some(snapshot) = base {
+        for (repo, r) in snapshot.repositories {
+            for (tag, digest) in r.tags {
+                view.insert((repo.clone(), tag), digest);
+            }
+        }
+    }
+    for (repo, r) in catalog {
+        for (tag, entries) in &r.tags {
+            if let Some(e) = r.tag_as_of(tag, at) {
+                if since.is_none_or(|s| e.observed_at > s) {
+                    view.insert((repo.clone(), tag.clone()), e.digest.clone());
+                }
+            }
+            let _ = entries;
+        }
+    }
+    Ok(view)
+}
+
+/// Rewrites the root `index.json` from the current tag view, so that stock OCI tools find
+/// `REPOSITORY:TAG`. Entries whose image is not in the store are left out.
+pub async fn rebuild_index(store: &Store) -> Result<(), StoreError> {
+    let catalog = store.catalog(None).await?;
+    let view = tag_view(store, &catalog, None).await?;
+    let mut refs = Vec::new();
+    let mut cache: HashMap<(RepositoryName, Digest), Option<(String, u64)>> = HashMap::new();
+    for ((repo, tag), digest) in view {
+        if !catalog
+            .get(&repo)
+            .is_some_and(|c| c.images.contains_key(&digest))
+        {
+            continue;
+        }
+        let key = (repo.clone(), digest.clone());
+        if !cache.contains_key(&key) {
+            let record = store.image_record(&repo, &digest).await?;
+            cache.insert(key.clone(), record.map(|r| (r.media_type, r.size)));
+        }
+        if let Some(Some((media_type, size))) = cache.get(&key) {
+            refs.push(IndexRef {
+                repository: repo,
+                tag,
+                digest,
+                media_type: media_type.clone(),
+                size: *size,
+            });
+        }
+    }
+    store.write_index(&refs).await
+}
