@@ -17,6 +17,11 @@ pub struct Bar {
 impl Bar {
     /// A bar if progress should be shown, else a hidden one.
     pub fn new(show: bool, verb: &str) -> Bar {
+        Bar::counting(show, verb, "images")
+    }
+
+    /// A bar whose position counts `unit` (`images`, `blobs`).
+    pub fn counting(show: bool, verb: &str, unit: &str) -> Bar {
         let target = if show && std::io::stderr().is_terminal() {
             ProgressDrawTarget::stderr()
         } else {
@@ -25,7 +30,7 @@ impl Bar {
         let bar = ProgressBar::with_draw_target(Some(0), target);
         bar.set_style(
             ProgressStyle::with_template(&format!(
-                "{{spinner}} {verb} [{{bar:30}}] {{pos}}/{{len}} images, {{msg}} ({{elapsed}})"
+                "{{spinner}} {verb} [{{bar:30}}] {{pos}}/{{len}} {unit}, {{msg}} ({{elapsed}})"
             ))
             .expect("valid template")
             .progress_chars("=> "),
@@ -73,4 +78,19 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// A plain counter bar (messages, blobs), hidden unless `show` and on a terminal.
+pub fn counter(show: bool, total: u64, what: &str) -> ProgressBar {
+    let target = if show && std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{spinner}} {{pos}}/{{len}} {what} ({{elapsed}})"))
+            .expect("valid template"),
+    );
+    bar
 }

@@ -18,7 +18,7 @@ use crate::names::{RepositoryName, Tag};
 use crate::progress::Reporter;
 use crate::records::{Snapshot, SnapshotRepository};
 use crate::source::{Source, SourceError, SourceImage};
-use crate::store::{Catalog, IndexRef, Store, StoreError};
+use crate::store::{Catalog, IndexRef, RepositoryCatalog, Store, StoreError};
 
 /// Repositories enumerated at once.
 const REPOSITORY_CONCURRENCY: usize = 4;
@@ -54,23 +54,9 @@ pub struct Plan {
 }
 
 /// Enumerates `source` and compares it with what `catalog` says the store holds.
-pub async fn plan(
-    source: &Source,
-    filter: &ImageFilter,
-    catalog: &Catalog,
-) -> Result<Plan, BackupError> {
+pub async fn plan(source: &Source, filter: &ImageFilter, catalog: &Catalog) -> Result<Plan, BackupError> {
     let taken_at = Utc::now();
-    let source_err = |error| BackupError::Source {
-        source_name: source.name().to_owned(),
-        error,
-    };
-    let repositories: Vec<RepositoryName> = source
-        .repositories()
-        .await
-        .map_err(source_err)?
-        .into_iter()
-        .filter(|r| filter.repository(r))
-        .collect();
+    let repositories = selected_repositories(source, filter).await?;
     let listed: Vec<(RepositoryName, Vec<SourceImage>)> = futures::stream::iter(repositories)
         .map(|repo| async move {
             let images = source.images(&repo).await?;
@@ -81,52 +67,79 @@ pub async fn plan(
         .await
         .into_iter()
         .collect::<Result<_, _>>()
-        .map_err(source_err)?;
+        .map_err(|error| source_error(source, error))?;
 
-    let mut snapshot = Snapshot::new(source.name().to_owned(), taken_at);
-    let mut work = Vec::new();
-    let mut up_to_date = 0;
-    let mut archived = Vec::new();
-    let empty = Default::default();
+    let mut plan = Plan {
+        snapshot: Snapshot::new(source.name().to_owned(), taken_at),
+        work: Vec::new(),
+        up_to_date: 0,
+        archived: Vec::new(),
+    };
+    let empty = RepositoryCatalog::default();
     for (repo, images) in listed {
         let known = catalog.get(&repo).unwrap_or(&empty);
-        let entry: &mut SnapshotRepository = snapshot.repositories.entry(repo.clone()).or_default();
-        for image in images {
-            let Some(tags) = filter.select_tags(&image.tags) else {
-                continue;
-            };
-            entry.images.push(image.digest.clone());
-            for t in &tags {
-                entry.tags.insert(t.clone(), image.digest.clone());
-            }
-            if image.archived {
-                archived.push(image);
-                continue;
-            }
-            let complete = known.images.contains_key(&image.digest)
-                && tags.iter().all(|t| {
-                    known
-                        .tag_as_of(t, None)
-                        .is_some_and(|e| e.digest == image.digest)
-                });
-            if complete {
-                up_to_date += 1;
-            } else {
-                work.push(CopyRequest {
-                    repository: repo.clone(),
-                    digest: image.digest,
-                    tags,
-                    observed_at: taken_at,
-                });
-            }
+        plan_repository(&mut plan, filter, &repo, images, known, taken_at);
+    }
+    Ok(plan)
+}
+
+/// The source's repositories that the filter selects, sorted by name.
+pub async fn selected_repositories(source: &Source, filter: &ImageFilter) -> Result<Vec<RepositoryName>, BackupError> {
+    let mut repositories: Vec<RepositoryName> = source
+        .repositories()
+        .await
+        .map_err(|error| source_error(source, error))?
+        .into_iter()
+        .filter(|r| filter.repository(r))
+        .collect();
+    repositories.sort();
+    Ok(repositories)
+}
+
+/// Wraps an enumeration failure with the source's name.
+pub fn source_error(source: &Source, error: SourceError) -> BackupError {
+    BackupError::Source {
+        source_name: source.name().to_owned(),
+        error,
+    }
+}
+
+/// Adds one repository's images to a plan: into the snapshot, and into the work list
+/// when the store lacks the image or a tag's latest record names another digest.
+pub fn plan_repository(
+    plan: &mut Plan,
+    filter: &ImageFilter,
+    repo: &RepositoryName,
+    images: Vec<SourceImage>,
+    known: &RepositoryCatalog,
+    taken_at: DateTime<Utc>,
+) {
+    let entry: &mut SnapshotRepository = plan.snapshot.repositories.entry(repo.clone()).or_default();
+    for image in images {
+        let Some(tags) = filter.select_tags(&image.tags) else { continue };
+        entry.images.push(image.digest.clone());
+        for t in &tags {
+            entry.tags.insert(t.clone(), image.digest.clone());
+        }
+        if image.archived {
+            plan.archived.push(image);
+            continue;
+        }
+        let complete = known.images.contains_key(&image.digest)
+            && tags
+                .iter()
+                .all(|t| known.tag_as_of(t, None).is_some_and(|e| e.digest == image.digest));
+        if complete {
+            plan.up_to_date += 1;
+        } else {
+            plan.work.push(CopyRequest {
+                repository: repo.clone(),
+                digest: image.digest,
+                tags,
+                observed_at: taken_at,
+            });
         }
     }
-    Ok(Plan {
-        snapshot,
-        work,
-        up_to_date,
-        archived,
-    })
 }
 
 /// One image that could not be backed up.
@@ -297,25 +310,45 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The tags as they stand now, or as they stood at `at`: from the latest snapshot at or
-/// before that time, updated by tag records observed after it (push events between runs).
+/// The newest complete run taken at or before `at` (or ever), all its parts merged.
+pub async fn latest_run(store: &Store, at: Option<DateTime<Utc>>) -> Result<Option<Snapshot>, StoreError> {
+    let ids = store.snapshot_ids().await?;
+    // Parts of a run share the run id before the first '.'.
+    let mut runs: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+    for id in &ids {
+        runs.entry(id.split('.').next().unwrap_or(id)).or_default().push(id);
+    }
+    for (_, part_ids) in runs.iter().rev() {
+        let mut parts = Vec::new();
+        for id in part_ids {
+            if let Some(s) = store.snapshot(id).await? {
+                parts.push(s);
+            }
+        }
+        let Some(first) = parts.iter().min_by_key(|s| s.part) else { continue };
+        if at.is_some_and(|at| first.taken_at > at) || !parts.iter().any(|s| s.last) {
+            continue;
+        }
+        let mut merged = first.clone();
+        for part in parts.iter().filter(|p| p.part != first.part) {
+            merged.repositories.extend(part.repositories.clone());
+        }
+        merged.last = true;
+        return Ok(Some(merged));
+    }
+    Ok(None)
+}
+
+/// The tags as they stand now, or as they stood at `at`: from the latest complete run at
+/// or before that time, updated by tag records observed after it (push events between
+/// runs, or a run's own copies).
 pub async fn tag_view(
     store: &Store,
     catalog: &Catalog,
     at: Option<DateTime<Utc>>,
 ) -> Result<BTreeMap<(RepositoryName, Tag), Digest>, StoreError> {
     let mut view = BTreeMap::new();
-    let ids = store.snapshot_ids().await?;
-    let mut base: Option<Snapshot> = None;
-    for id in ids.iter().rev() {
-        let Some(snapshot) = store.snapshot(id).await? else {
-            continue;
-        };
-        if at.is_none_or(|at| snapshot.taken_at <= at) {
-            base = Some(snapshot);
-            break;
-        }
-    }
+    let base = latest_run(store, at).await?;
     let since = base.as_ref().map(|s| s.taken_at);
     if let Some(snapshot) = base {
         for (repo, r) in snapshot.repositories {
@@ -325,13 +358,12 @@ pub async fn tag_view(
         }
     }
     for (repo, r) in catalog {
-        for (tag, entries) in &r.tags {
+        for tag in r.tags.keys() {
             if let Some(e) = r.tag_as_of(tag, at) {
                 if since.is_none_or(|s| e.observed_at > s) {
                     view.insert((repo.clone(), tag.clone()), e.digest.clone());
                 }
             }
-            let _ = entries;
         }
     }
     Ok(view)

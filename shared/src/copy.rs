@@ -378,8 +378,10 @@ impl CopyEngine {
 
         // Blobs, in parallel within the engine's global limit.
         let blob_list: Vec<BlobRef> = blobs.into_values().collect();
-        let sizes: Vec<u64> = futures::stream::iter(blob_list.iter())
-            .map(|b| self.copy_blob(repo, &b.digest, (b.size > 0).then_some(b.size)))
+        // Owned items: closures over borrowed ones are not `Send` for every lifetime,
+        // which a spawned worker task needs.
+        let sizes: Vec<u64> = futures::stream::iter(blob_list.clone())
+            .map(|b| async move { self.copy_blob(repo, &b.digest, (b.size > 0).then_some(b.size)).await })
             .buffered(self.options.blob_concurrency.max(1))
             .try_collect()
             .await

@@ -226,6 +226,25 @@ impl EcrApi {
         }
     }
 
+    /// The registry's data-plane URL (`https://<account>.dkr.ecr.<region>.amazonaws.com`).
+    pub async fn proxy_endpoint(&self) -> Result<String, EcrError> {
+        let out = self
+            .client
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| call_error("GetAuthorizationToken", &self.registry(), e))?;
+        out.authorization_data()
+            .first()
+            .and_then(|d| d.proxy_endpoint())
+            .map(str::to_owned)
+            .ok_or_else(|| EcrError::Invalid {
+                op: "GetAuthorizationToken",
+                target: self.registry(),
+                reason: "no proxy endpoint returned".into(),
+            })
+    }
+
     /// A registry login from `GetAuthorizationToken`, and how long it stays valid.
     async fn login(&self) -> Result<(Credentials, Duration), EcrError> {
         let out = self

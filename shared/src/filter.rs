@@ -29,6 +29,43 @@ pub enum FilterError {
     },
 }
 
+/// The filter as given by a user: globs and a regex, serializable into queue messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FilterSpec {
+    /// Repository globs to include (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
+    /// Repository globs to leave out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "excludeRepositories")]
+    pub exclude_repositories: Vec<String>,
+    /// Tag regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+impl FilterSpec {
+    /// Parses comma-separated lists, as given in environment variables.
+    pub fn from_lists(include: &str, exclude: &str, tag: &str) -> FilterSpec {
+        let split = |s: &str| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        FilterSpec {
+            repositories: split(include),
+            exclude_repositories: split(exclude),
+            tag: Some(tag.trim().to_owned()).filter(|t| !t.is_empty()),
+        }
+    }
+
+    /// Compiles the patterns.
+    pub fn compile(&self) -> Result<ImageFilter, FilterError> {
+        ImageFilter::new(&self.repositories, &self.exclude_repositories, self.tag.as_deref())
+    }
+}
+
 /// Repository and tag selection.
 #[derive(Debug, Clone, Default)]
 pub struct ImageFilter {
@@ -81,12 +118,6 @@ impl ImageFilter {
             exclude: glob_set(exclude)?,
             tag,
         })
-    }
-
-    /// Parses comma-separated lists, as given in environment variables.
-    pub fn from_lists(include: &str, exclude: &str, tag: &str) -> Result<Self, FilterError> {
-        let split = |s: &str| s.split(',').map(str::to_owned).collect::<Vec<_>>();
-        Self::new(&split(include), &split(exclude), Some(tag))
     }
 
     /// True if the repository is selected.
@@ -142,7 +173,7 @@ mod tests {
         assert!(f.tag(&"v1".parse().unwrap()));
         assert!(!f.tag(&"v1-rc".parse().unwrap()));
         assert_eq!(f.select_tags(&[]), None);
-        let all = ImageFilter::from_lists("", "", "").unwrap();
+        let all = FilterSpec::from_lists("", " ", "").compile().unwrap();
         assert!(all.repository(&r("x")));
         assert_eq!(all.select_tags(&[]), Some(vec![]));
     }

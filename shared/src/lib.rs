@@ -17,17 +17,28 @@
 
 pub mod aws;
 pub mod backup;
+pub mod config;
 pub mod copy;
 pub mod digest;
 pub mod ecr;
+pub mod export;
+pub mod fanout;
 pub mod filter;
+pub mod inventory;
 pub mod manifest;
+pub mod message;
+pub mod metrics;
 pub mod names;
 pub mod progress;
+pub mod queue;
 pub mod records;
+pub mod redrive;
 pub mod registry;
+pub mod restore;
 pub mod source;
 pub mod store;
+pub mod verify;
+pub mod worker;
 
 pub use digest::Digest;
 pub use names::{RepositoryName, Tag};

@@ -127,8 +127,26 @@ pub struct Snapshot {
     /// When enumeration started: the snapshot describes the registry at this time.
     #[serde(rename = "takenAt")]
     pub taken_at: DateTime<Utc>,
+    /// The run this snapshot is part of; a run too large for one fan-out invocation is
+    /// written in parts (`<run>`, `<run>.1`, `<run>.2`, …). Absent: the snapshot's own id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// Which part of the run this is (0 for the first).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub part: u32,
+    /// True on the run's final part: only runs whose last part exists are complete.
+    #[serde(default = "yes")]
+    pub last: bool,
     /// Repository name → its images and tags.
     pub repositories: BTreeMap<RepositoryName, SnapshotRepository>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One repository in a snapshot.
@@ -154,8 +172,30 @@ impl Snapshot {
             ),
             source,
             taken_at,
+            run: None,
+            part: 0,
+            last: true,
             repositories: BTreeMap::new(),
         }
+    }
+
+    /// Part `part` of run `run` (ids `<run>` for part 0, `<run>.<part>` after).
+    pub fn part_of(run: &str, part: u32, source: String, taken_at: DateTime<Utc>, last: bool) -> Snapshot {
+        Snapshot {
+            version: RECORD_VERSION,
+            id: if part == 0 { run.to_owned() } else { format!("{run}.{part}") },
+            source,
+            taken_at,
+            run: Some(run.to_owned()),
+            part,
+            last,
+            repositories: BTreeMap::new(),
+        }
+    }
+
+    /// The run this snapshot belongs to.
+    pub fn run_id(&self) -> &str {
+        self.run.as_deref().unwrap_or(&self.id)
     }
 
     /// Number of images across repositories.

@@ -1,1 +1,21 @@
-fn main() {}
+//! Worker Lambda: copies the images named by SQS messages into the backup store.
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use ecr_backup_worker::{handle, WorkerContext};
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_current_span(true)
+        .without_time()
+        .init();
+    let context = WorkerContext::from_env().await?;
+    let context = &context;
+    run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<_, Error>(handle(context, event.payload).await)
+    }))
+    .await
+}

@@ -1,6 +1,12 @@
 //! One module per subcommand.
 
 mod backup;
+mod dlq;
+mod export;
+mod ls;
+mod redrive;
+mod restore;
+mod verify;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -28,11 +34,30 @@ impl Global {
 pub enum Command {
     /// Back up every image of a registry (ECR or any OCI registry) into a store.
     Backup(backup::Args),
+    /// Move messages from the dead-letter queue back to the copy queue.
+    Redrive(redrive::Args),
+    /// Look at the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(dlq::Command),
+    /// Push images from a store back into a registry, digests unchanged.
+    Restore(restore::Args),
+    /// Write one image as an OCI layout, an OCI archive or a `docker load` archive.
+    Export(export::Args),
+    /// Check that a store is whole: records, blobs, sizes, and with --read-data digests.
+    Verify(verify::Args),
+    /// List what a store holds: repositories, a repository's tags, or snapshots.
+    Ls(ls::Args),
 }
 
 /// Runs a subcommand.
 pub async fn run(command: Command, global: Global) -> Result<Outcome> {
     match command {
         Command::Backup(args) => backup::run(args, global).await,
+        Command::Redrive(args) => redrive::run(args, global).await,
+        Command::Dlq(command) => dlq::run(command, global).await,
+        Command::Restore(args) => restore::run(args, global).await,
+        Command::Export(args) => export::run(args, global).await,
+        Command::Verify(args) => verify::run(args, global).await,
+        Command::Ls(args) => ls::run(args, global).await,
     }
 }

@@ -1,0 +1,76 @@
+//! The fan-out Lambda's handler: on each scheduled event, enumerate ECR and send a copy
+//! message for every image the store lacks ([`ecr_backup::fanout`]).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ecr_backup::config::FanoutConfig;
+use ecr_backup::ecr::EcrApi;
+use ecr_backup::fanout::{fan_out, FanoutReport, FanoutRun};
+use ecr_backup::metrics::{self, Metric};
+use ecr_backup::queue::SqsQueue;
+use ecr_backup::source::Source;
+use ecr_backup::Store;
+
+/// Time kept back from the invocation's deadline for the snapshot and the continuation.
+const SAFETY_MARGIN: Duration = Duration::from_secs(120);
+
+/// Clients and settings, built once per Lambda process.
+pub struct FanoutContext {
+    source: Source,
+    store: Store,
+    queue: SqsQueue,
+    config: FanoutConfig,
+}
+
+impl FanoutContext {
+    /// Builds clients from the environment.
+    pub async fn from_env() -> Result<FanoutContext> {
+        let config = FanoutConfig::from_env()?;
+        let store = Store::open(&config.store).await;
+        let queue = SqsQueue::new(SqsQueue::client_from_env().await, config.queue_url.clone());
+        let api = EcrApi::from_env(None, None).await;
+        let endpoint = api.proxy_endpoint().await.context("finding the ECR registry")?;
+        let source = Source::connect(&endpoint, config.registry_endpoint.as_deref(), None).await?;
+        Ok(FanoutContext {
+            source,
+            store,
+            queue,
+            config,
+        })
+    }
+}
+
+/// Runs one fan-out with `remaining` time before the invocation's deadline.
+pub async fn handle(context: &FanoutContext, remaining: Duration) -> Result<FanoutReport> {
+    let run = FanoutRun::start(context.config.filter.clone());
+    let budget = remaining.saturating_sub(SAFETY_MARGIN).max(Duration::from_secs(10));
+    let report = fan_out(&context.source, &context.store, &context.queue, &run, budget).await?;
+    tracing::info!(
+        run_id = %report.run_id,
+        repositories = report.repositories,
+        images_seen = report.images_seen,
+        images_enqueued = report.images_enqueued,
+        images_up_to_date = report.images_up_to_date,
+        send_calls = report.send_calls,
+        continued_after = ?report.continued_after,
+        "fan-out finished"
+    );
+    metrics::emit(
+        "fanout",
+        &[
+            Metric::count("FanoutRuns", 1),
+            Metric::count("Repositories", report.repositories),
+            Metric::count("ImagesSeen", report.images_seen),
+            Metric::count("ImagesEnqueued", report.images_enqueued),
+            Metric::count("ImagesUpToDate", report.images_up_to_date),
+            Metric::count("ImagesArchived", report.images_archived),
+            Metric {
+                name: "Duration",
+                value: report.elapsed_seconds * 1000.0,
+                unit: "Milliseconds",
+            },
+        ],
+    );
+    Ok(report)
+}

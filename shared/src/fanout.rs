@@ -1,0 +1,198 @@
+//! The fan-out: enumerate the registry, send a copy message for every image the store
+//! lacks (or whose tags moved), and write the run's snapshot.
+//!
+//! A registry too large for one Lambda invocation is split by continuation: when the time
+//! budget runs out between repositories, the fan-out writes what it has as a snapshot
+//! part, sends a `continue-fanout` message naming the last repository done, and a worker
+//! picks the run up from there. Every part but the last is marked so, and a run counts
+//! as a complete snapshot only once its last part exists.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::backup::{self, plan_repository, BackupError, Plan};
+use crate::filter::FilterSpec;
+use crate::message::{Message, Reason, MESSAGE_VERSION};
+use crate::names::RepositoryName;
+use crate::queue::{QueueError, SqsQueue};
+use crate::records::Snapshot;
+use crate::source::{Source, SourceError, SourceImage};
+use crate::store::{Store, StoreError};
+
+/// Repositories enumerated at once.
+const REPOSITORY_CONCURRENCY: usize = 4;
+
+/// The fan-out failed; what it had sent stays sent.
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    /// Enumeration or store bookkeeping failed.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    /// Sending messages failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The store failed.
+    #[error("updating the store: {0}")]
+    Store(#[from] StoreError),
+    /// A filter pattern does not compile.
+    #[error(transparent)]
+    Filter(#[from] crate::filter::FilterError),
+}
+
+/// Which part of which run to do.
+#[derive(Debug, Clone)]
+pub struct FanoutRun {
+    /// The run id (also the first snapshot part's id).
+    pub run_id: String,
+    /// The part to do.
+    pub part: u32,
+    /// Start after this repository (continuations).
+    pub after: Option<RepositoryName>,
+    /// When the run started: every part describes the registry "as of" this time.
+    pub taken_at: DateTime<Utc>,
+    /// Repository and tag selection.
+    pub filter: FilterSpec,
+}
+
+impl FanoutRun {
+    /// A new run starting now.
+    pub fn start(filter: FilterSpec) -> FanoutRun {
+        let taken_at = Utc::now();
+        let id = Snapshot::new(String::new(), taken_at).id;
+        FanoutRun {
+            run_id: id,
+            part: 0,
+            after: None,
+            taken_at,
+            filter,
+        }
+    }
+}
+
+/// What a fan-out invocation did (logged, and emitted as metrics).
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    /// The run.
+    pub run_id: String,
+    /// The part done.
+    pub part: u32,
+    /// Repositories enumerated in this part.
+    pub repositories: u64,
+    /// Images seen.
+    pub images_seen: u64,
+    /// Copy messages sent.
+    pub images_enqueued: u64,
+    /// Images already complete in the store.
+    pub images_up_to_date: u64,
+    /// Archived images skipped.
+    pub images_archived: u64,
+    /// `SendMessageBatch` calls.
+    pub send_calls: u64,
+    /// Set when the budget ran out: the run continues after this repository.
+    pub continued_after: Option<RepositoryName>,
+    /// Wall time in seconds.
+    pub elapsed_seconds: f64,
+}
+
+/// Runs one part of a fan-out within `budget`.
+pub async fn fan_out(
+    source: &Source,
+    store: &Store,
+    queue: &SqsQueue,
+    run: &FanoutRun,
+    budget: Duration,
+) -> Result<FanoutReport, FanoutError> {
+    let started = Instant::now();
+    let filter = run.filter.compile()?;
+    store.init().await?;
+    let sent_before = queue.stats().send_calls.load(std::sync::atomic::Ordering::Relaxed);
+    let repositories: Vec<RepositoryName> = backup::selected_repositories(source, &filter)
+        .await?
+        .into_iter()
+        .filter(|r| run.after.as_ref().is_none_or(|after| r > after))
+        .collect();
+
+    let mut plan = Plan {
+        snapshot: Snapshot::part_of(&run.run_id, run.part, source.name().to_owned(), run.taken_at, true),
+        work: Vec::new(),
+        up_to_date: 0,
+        archived: Vec::new(),
+    };
+    let mut report = FanoutReport {
+        run_id: run.run_id.clone(),
+        part: run.part,
+        repositories: 0,
+        images_seen: 0,
+        images_enqueued: 0,
+        images_up_to_date: 0,
+        images_archived: 0,
+        send_calls: 0,
+        continued_after: None,
+        elapsed_seconds: 0.0,
+    };
+
+    // Ordered, so that "the last repository done" is a clean cut for a continuation.
+    let mut listings = futures::stream::iter(repositories.clone())
+        .map(|repo| async move {
+            let images = match source.images(&repo).await {
+                Ok(images) => images,
+                Err(SourceError::Ecr(e)) if e.is_not_found() => {
+                    tracing::warn!(repository = %repo, "repository disappeared during the fan-out");
+                    Vec::new()
+                }
+                Err(e) => return Err(FanoutError::Backup(backup::source_error(source, e))),
+            };
+            let catalog = store.catalog(Some(&repo)).await?;
+            Ok::<_, FanoutError>((repo, images, catalog.into_values().next().unwrap_or_default()))
+        })
+        .buffered(REPOSITORY_CONCURRENCY);
+
+    let mut last_done: Option<RepositoryName> = None;
+    while let Some(listing) = listings.next().await {
+        let (repo, images, known): (RepositoryName, Vec<SourceImage>, _) = listing?;
+        report.repositories += 1;
+        report.images_seen += images.len() as u64;
+        plan_repository(&mut plan, &filter, &repo, images, &known, run.taken_at);
+        let messages: Vec<Message> = plan
+            .work
+            .drain(..)
+            .map(|request| Message::copy(&request, Reason::Schedule, Some(run.run_id.clone())))
+            .collect();
+        queue.send(&messages).await?;
+        report.images_enqueued += messages.len() as u64;
+        last_done = Some(repo);
+        if started.elapsed() >= budget {
+            break;
+        }
+    }
+    drop(listings);
+
+    let unfinished = last_done.as_ref().is_some_and(|l| repositories.last() != Some(l));
+    if unfinished {
+        let after = last_done.clone().expect("set when unfinished");
+        queue
+            .send(&[Message::ContinueFanout {
+                version: MESSAGE_VERSION,
+                run_id: run.run_id.clone(),
+                part: run.part + 1,
+                after: after.clone(),
+                observed_at: run.taken_at,
+                filter: run.filter.clone(),
+            }])
+            .await?;
+        plan.snapshot.last = false;
+        report.continued_after = Some(after);
+    }
+    store.put_snapshot(&plan.snapshot).await?;
+    if !unfinished {
+        backup::rebuild_index(store).await?;
+    }
+    report.images_up_to_date = plan.up_to_date as u64;
+    report.images_archived = plan.archived.len() as u64;
+    report.send_calls = queue.stats().send_calls.load(std::sync::atomic::Ordering::Relaxed) - sent_before;
+    report.elapsed_seconds = started.elapsed().as_millis() as f64 / 1000.0;
+    Ok(report)
+}

@@ -1,0 +1,138 @@
+//! The worker Lambda's handler: an SQS batch in, a partial batch response out. Each
+//! message is one task of the shared engine ([`ecr_backup::worker`]); only failed message
+//! ids are reported, so one bad record never fails its batch-mates.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use ecr_backup::config::WorkerConfig;
+use ecr_backup::copy::{CopyEngine, CopyOptions};
+use ecr_backup::ecr::EcrApi;
+use ecr_backup::metrics::{self, Metric};
+use ecr_backup::progress::NoProgress;
+use ecr_backup::queue::SqsQueue;
+use ecr_backup::source::Source;
+use ecr_backup::worker::{BatchItem, Worker};
+use ecr_backup::Store;
+
+/// The worker and its settings, built once per Lambda process.
+pub struct WorkerContext {
+    worker: Arc<Worker>,
+    concurrency: usize,
+}
+
+impl WorkerContext {
+    /// Builds clients from the environment: store, queue (and its dead-letter queue), ECR.
+    pub async fn from_env() -> Result<WorkerContext> {
+        let config = WorkerConfig::from_env()?;
+        let store = Store::open(&config.store).await;
+        let sqs = SqsQueue::client_from_env().await;
+        let queue = SqsQueue::new(sqs.clone(), config.queue_url.clone());
+        let dead_letter = match queue.redrive_policy().await? {
+            Some((max_receives, dlq_arn)) => {
+                let name = dlq_arn.rsplit(':').next().unwrap_or_default();
+                let url = sqs
+                    .get_queue_url()
+                    .queue_name(name)
+                    .send()
+                    .await
+                    .with_context(|| format!("finding the dead-letter queue {name}"))?
+                    .queue_url()
+                    .unwrap_or_default()
+                    .to_owned();
+                Some((max_receives, SqsQueue::new(sqs.clone(), url)))
+            }
+            None => None,
+        };
+        let api = EcrApi::from_env(None, None).await;
+        let endpoint = api.proxy_endpoint().await.context("finding the ECR registry")?;
+        let source = Source::connect(&endpoint, config.registry_endpoint.as_deref(), None).await?;
+        let engine = CopyEngine::new(
+            source.registry().clone(),
+            store,
+            source.name().to_owned(),
+            CopyOptions::default(),
+            Arc::new(NoProgress),
+        );
+        Ok(WorkerContext {
+            worker: Arc::new(Worker::new(engine, source, queue, dead_letter)),
+            concurrency: config.concurrency,
+        })
+    }
+
+    /// A context from parts (tests).
+    pub fn new(worker: Arc<Worker>, concurrency: usize) -> WorkerContext {
+        WorkerContext { worker, concurrency }
+    }
+}
+
+/// Handles one SQS batch.
+pub async fn handle(context: &WorkerContext, event: SqsEvent) -> SqsBatchResponse {
+    let started = Instant::now();
+    let stats = context.worker.engine().stats();
+    let bytes_before = stats.bytes_copied.load(Ordering::Relaxed);
+    let skipped_before = stats.blobs_skipped.load(Ordering::Relaxed);
+    let mut failures = Vec::new();
+    let mut items = Vec::new();
+    for record in event.records {
+        let Some(message_id) = record.message_id.clone() else {
+            tracing::error!("SQS record without a message id; cannot report it");
+            continue;
+        };
+        let Some(body) = record.body.clone() else {
+            tracing::error!(%message_id, "SQS record without a body");
+            failures.push(message_id);
+            continue;
+        };
+        items.push(BatchItem {
+            message_id,
+            receipt_handle: record.receipt_handle.clone().unwrap_or_default(),
+            body,
+            receive_count: record
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            attributes: record
+                .message_attributes
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?)))
+                .collect(),
+        });
+    }
+    let result = context.worker.run_batch(items, context.concurrency).await;
+    failures.extend(result.failed.iter().cloned());
+    metrics::emit(
+        "worker",
+        &[
+            Metric::count("ImagesCopied", result.copied),
+            Metric::count("ImagesSkipped", result.present + result.skipped),
+            Metric::count("ImagesFailed", result.errors),
+            Metric::count("MessagesDeadLettered", result.dead_lettered),
+            Metric {
+                name: "BytesCopied",
+                value: (stats.bytes_copied.load(Ordering::Relaxed) - bytes_before) as f64,
+                unit: "Bytes",
+            },
+            Metric::count("BlobsDeduplicated", stats.blobs_skipped.load(Ordering::Relaxed) - skipped_before),
+            Metric {
+                name: "Duration",
+                value: started.elapsed().as_millis() as f64,
+                unit: "Milliseconds",
+            },
+        ],
+    );
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failures
+        .into_iter()
+        .map(|id| {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
+        .collect();
+    response
+}
