@@ -30,7 +30,10 @@ impl FanoutContext {
         let store = Store::open(&config.store).await;
         let queue = SqsQueue::new(SqsQueue::client_from_env().await, config.queue_url.clone());
         let api = EcrApi::from_env(None, None).await;
-        let endpoint = api.proxy_endpoint().await.context("finding the ECR registry")?;
+        let endpoint = api
+            .proxy_endpoint()
+            .await
+            .context("finding the ECR registry")?;
         let source = Source::connect(&endpoint, config.registry_endpoint.as_deref(), None).await?;
         Ok(FanoutContext {
             source,
@@ -44,8 +47,17 @@ impl FanoutContext {
 /// Runs one fan-out with `remaining` time before the invocation's deadline.
 pub async fn handle(context: &FanoutContext, remaining: Duration) -> Result<FanoutReport> {
     let run = FanoutRun::start(context.config.filter.clone());
-    let budget = remaining.saturating_sub(SAFETY_MARGIN).max(Duration::from_secs(10));
-    let report = fan_out(&context.source, &context.store, &context.queue, &run, budget).await?;
+    let budget = remaining
+        .saturating_sub(SAFETY_MARGIN)
+        .max(Duration::from_secs(10));
+    let report = fan_out(
+        &context.source,
+        &context.store,
+        &context.queue,
+        &run,
+        budget,
+    )
+    .await?;
     tracing::info!(
         run_id = %report.run_id,
         repositories = report.repositories,

@@ -14,14 +14,16 @@ async fn main() -> Result<(), Error> {
         .init();
     let context = FanoutContext::from_env().await?;
     let context = &context;
-    run(service_fn(move |event: LambdaEvent<serde_json::Value>| async move {
-        let remaining = event
-            .context
-            .deadline()
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::from_secs(60));
-        let report = handle(context, remaining).await?;
-        Ok::<_, Error>(serde_json::to_value(report)?)
-    }))
+    run(service_fn(
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            let remaining = event
+                .context
+                .deadline()
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::from_secs(60));
+            let report = handle(context, remaining).await?;
+            Ok::<_, Error>(serde_json::to_value(report)?)
+        },
+    ))
     .await
 }

@@ -54,7 +54,11 @@ pub struct Plan {
 }
 
 /// Enumerates `source` and compares it with what `catalog` says the store holds.
-pub async fn plan(source: &Source, filter: &ImageFilter, catalog: &Catalog) -> Result<Plan, BackupError> {
+pub async fn plan(
+    source: &Source,
+    filter: &ImageFilter,
+    catalog: &Catalog,
+) -> Result<Plan, BackupError> {
     let taken_at = Utc::now();
     let repositories = selected_repositories(source, filter).await?;
     let listed: Vec<(RepositoryName, Vec<SourceImage>)> = futures::stream::iter(repositories)
@@ -84,7 +88,10 @@ pub async fn plan(source: &Source, filter: &ImageFilter, catalog: &Catalog) -> R
 }
 
 /// The source's repositories that the filter selects, sorted by name.
-pub async fn selected_repositories(source: &Source, filter: &ImageFilter) -> Result<Vec<RepositoryName>, BackupError> {
+pub async fn selected_repositories(
+    source: &Source,
+    filter: &ImageFilter,
+) -> Result<Vec<RepositoryName>, BackupError> {
     let mut repositories: Vec<RepositoryName> = source
         .repositories()
         .await
@@ -114,9 +121,12 @@ pub fn plan_repository(
     known: &RepositoryCatalog,
     taken_at: DateTime<Utc>,
 ) {
-    let entry: &mut SnapshotRepository = plan.snapshot.repositories.entry(repo.clone()).or_default();
+    let entry: &mut SnapshotRepository =
+        plan.snapshot.repositories.entry(repo.clone()).or_default();
     for image in images {
-        let Some(tags) = filter.select_tags(&image.tags) else { continue };
+        let Some(tags) = filter.select_tags(&image.tags) else {
+            continue;
+        };
         entry.images.push(image.digest.clone());
         for t in &tags {
             entry.tags.insert(t.clone(), image.digest.clone());
@@ -126,9 +136,11 @@ pub fn plan_repository(
             continue;
         }
         let complete = known.images.contains_key(&image.digest)
-            && tags
-                .iter()
-                .all(|t| known.tag_as_of(t, None).is_some_and(|e| e.digest == image.digest));
+            && tags.iter().all(|t| {
+                known
+                    .tag_as_of(t, None)
+                    .is_some_and(|e| e.digest == image.digest)
+            });
         if complete {
             plan.up_to_date += 1;
         } else {
@@ -311,32 +323,36 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The newest complete run taken at or before `at` (or ever), all its parts merged.
-pub async fn latest_run(store: &Store, at: Option<DateTime<Utc>>) -> Result<Option<Snapshot>, StoreError> {
-    let ids = store.snapshot_ids().await?;
+pub async fn latest_run(
+    store: &Store,
+    at: Option<DateTime<Utc>>,
+) -> Result<Option<Snapshot>, StoreError> {
     // Parts of a run share the run id before the first '.'.
-    let mut runs: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
-    for id in &ids {
-        runs.entry(id.split('.').next().unwrap_or(id)).or_default().push(id);
+    let mut runs: BTreeMap<String, Vec<Snapshot>> = BTreeMap::new();
+    for id in store.snapshot_ids().await? {
+        if let Some(snapshot) = store.snapshot(&id).await? {
+            runs.entry(snapshot.run_id().to_owned())
+                .or_default()
+                .push(snapshot);
+        }
     }
-    for (_, part_ids) in runs.iter().rev() {
-        let mut parts = Vec::new();
-        for id in part_ids {
-            if let Some(s) = store.snapshot(id).await? {
-                parts.push(s);
-            }
-        }
-        let Some(first) = parts.iter().min_by_key(|s| s.part) else { continue };
-        if at.is_some_and(|at| first.taken_at > at) || !parts.iter().any(|s| s.last) {
-            continue;
-        }
-        let mut merged = first.clone();
-        for part in parts.iter().filter(|p| p.part != first.part) {
-            merged.repositories.extend(part.repositories.clone());
-        }
-        merged.last = true;
-        return Ok(Some(merged));
+    // Newest first by the time taken (ids resolve only to the second).
+    let mut complete: Vec<Vec<Snapshot>> = runs
+        .into_values()
+        .filter(|parts| parts.iter().any(|p| p.last))
+        .filter(|parts| at.is_none_or(|at| parts.iter().all(|p| p.taken_at <= at)))
+        .collect();
+    complete.sort_by_key(|parts| parts.iter().map(|p| p.taken_at).min());
+    let Some(mut parts) = complete.pop() else {
+        return Ok(None);
+    };
+    parts.sort_by_key(|p| p.part);
+    let mut merged = parts.remove(0);
+    for part in parts {
+        merged.repositories.extend(part.repositories);
     }
-    Ok(None)
+    merged.last = true;
+    Ok(Some(merged))
 }
 
 /// The tags as they stand now, or as they stood at `at`: from the latest complete run at

@@ -40,7 +40,10 @@ fn required(name: &'static str) -> Result<String, ConfigError> {
 }
 
 fn optional(name: &'static str) -> Option<String> {
-    std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 fn store(name: &'static str) -> Result<StoreLocation, ConfigError> {
@@ -73,7 +76,11 @@ impl FanoutConfig {
         );
         // Compile once now so a bad pattern fails the start-up, naming the variable.
         filter.compile().map_err(|e| ConfigError {
-            name: if e.to_string().contains("tag pattern") { TAG_PATTERN } else { REPOSITORIES },
+            name: if e.to_string().contains("tag pattern") {
+                TAG_PATTERN
+            } else {
+                REPOSITORIES
+            },
             reason: e.to_string(),
         })?;
         Ok(FanoutConfig {
@@ -103,10 +110,14 @@ impl WorkerConfig {
     pub fn from_env() -> Result<WorkerConfig, ConfigError> {
         let concurrency = match optional(CONCURRENCY) {
             None => 4,
-            Some(v) => v.parse::<usize>().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| ConfigError {
-                name: CONCURRENCY,
-                reason: format!("{v:?} is not a number from 1 to 64"),
-            })?,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| ConfigError {
+                    name: CONCURRENCY,
+                    reason: format!("{v:?} is not a number from 1 to 64"),
+                })?,
         };
         Ok(WorkerConfig {
             store: store(STORE)?,

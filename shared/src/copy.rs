@@ -179,8 +179,33 @@ pub struct CopyEngine {
     source_name: String,
     options: CopyOptions,
     permits: Arc<Semaphore>,
+    in_flight: Arc<InFlight>,
     reporter: Arc<dyn Reporter>,
     stats: Arc<CopyStats>,
+}
+
+/// Blobs being copied right now, so that images sharing a layer download it once: the
+/// second waits for the first, then finds the blob in the store.
+#[derive(Default)]
+struct InFlight(std::sync::Mutex<std::collections::HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>);
+
+impl InFlight {
+    fn lock_for(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        self.0
+            .lock()
+            .expect("in-flight map")
+            .entry(digest.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn release(&self, digest: &Digest, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.0.lock().expect("in-flight map");
+        // Two holders left (the map and this caller) means nobody else waits on it.
+        if Arc::strong_count(&lock) <= 2 {
+            map.remove(digest);
+        }
+    }
 }
 
 /// A manifest fetched while walking an image, kept until its children are stored.
@@ -205,6 +230,7 @@ impl CopyEngine {
             store,
             source_name,
             permits: Arc::new(Semaphore::new(options.blob_concurrency.max(1))),
+            in_flight: Arc::default(),
             options,
             reporter,
             stats: Arc::default(),
@@ -381,7 +407,10 @@ impl CopyEngine {
         // Owned items: closures over borrowed ones are not `Send` for every lifetime,
         // which a spawned worker task needs.
         let sizes: Vec<u64> = futures::stream::iter(blob_list.clone())
-            .map(|b| async move { self.copy_blob(repo, &b.digest, (b.size > 0).then_some(b.size)).await })
+            .map(|b| async move {
+                self.copy_blob(repo, &b.digest, (b.size > 0).then_some(b.size))
+                    .await
+            })
             .buffered(self.options.blob_concurrency.max(1))
             .try_collect()
             .await
@@ -481,6 +510,33 @@ impl CopyEngine {
             self.count(WriteOutcome::AlreadyExists, stored);
             return Ok(stored);
         }
+        let lock = self.in_flight.lock_for(digest);
+        let result = async {
+            let _guard = lock.lock().await;
+            // Another image may have copied it while this one waited.
+            if let Some(stored) = self
+                .store
+                .blob_size(digest)
+                .await
+                .map_err(FetchError::Store)?
+            {
+                self.count(WriteOutcome::AlreadyExists, stored);
+                return Ok(stored);
+            }
+            self.transfer_blob(repo, digest, size).await
+        }
+        .await;
+        self.in_flight.release(digest, lock);
+        result
+    }
+
+    /// Streams one blob from the registry into the store, retrying broken transfers.
+    async fn transfer_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        size: Option<u64>,
+    ) -> Result<u64, FetchError> {
         let _permit = self
             .permits
             .acquire()
@@ -519,6 +575,7 @@ impl CopyEngine {
                 .map_err(FetchError::Store)?
                 .unwrap_or(0),
         };
+        tracing::debug!(repository = %repo, %digest, size = stored, ?outcome, "blob transferred");
         self.count(outcome, stored);
         Ok(stored)
     }

@@ -108,7 +108,10 @@ pub async fn fan_out(
     let started = Instant::now();
     let filter = run.filter.compile()?;
     store.init().await?;
-    let sent_before = queue.stats().send_calls.load(std::sync::atomic::Ordering::Relaxed);
+    let sent_before = queue
+        .stats()
+        .send_calls
+        .load(std::sync::atomic::Ordering::Relaxed);
     let repositories: Vec<RepositoryName> = backup::selected_repositories(source, &filter)
         .await?
         .into_iter()
@@ -116,7 +119,13 @@ pub async fn fan_out(
         .collect();
 
     let mut plan = Plan {
-        snapshot: Snapshot::part_of(&run.run_id, run.part, source.name().to_owned(), run.taken_at, true),
+        snapshot: Snapshot::part_of(
+            &run.run_id,
+            run.part,
+            source.name().to_owned(),
+            run.taken_at,
+            true,
+        ),
         work: Vec::new(),
         up_to_date: 0,
         archived: Vec::new(),
@@ -146,7 +155,11 @@ pub async fn fan_out(
                 Err(e) => return Err(FanoutError::Backup(backup::source_error(source, e))),
             };
             let catalog = store.catalog(Some(&repo)).await?;
-            Ok::<_, FanoutError>((repo, images, catalog.into_values().next().unwrap_or_default()))
+            Ok::<_, FanoutError>((
+                repo,
+                images,
+                catalog.into_values().next().unwrap_or_default(),
+            ))
         })
         .buffered(REPOSITORY_CONCURRENCY);
 
@@ -170,7 +183,9 @@ pub async fn fan_out(
     }
     drop(listings);
 
-    let unfinished = last_done.as_ref().is_some_and(|l| repositories.last() != Some(l));
+    let unfinished = last_done
+        .as_ref()
+        .is_some_and(|l| repositories.last() != Some(l));
     if unfinished {
         let after = last_done.clone().expect("set when unfinished");
         queue
@@ -192,7 +207,11 @@ pub async fn fan_out(
     }
     report.images_up_to_date = plan.up_to_date as u64;
     report.images_archived = plan.archived.len() as u64;
-    report.send_calls = queue.stats().send_calls.load(std::sync::atomic::Ordering::Relaxed) - sent_before;
+    report.send_calls = queue
+        .stats()
+        .send_calls
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - sent_before;
     report.elapsed_seconds = started.elapsed().as_millis() as f64 / 1000.0;
     Ok(report)
 }

@@ -36,7 +36,11 @@ pub struct FilterSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repositories: Vec<String>,
     /// Repository globs to leave out.
-    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "excludeRepositories")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        rename = "excludeRepositories"
+    )]
     pub exclude_repositories: Vec<String>,
     /// Tag regex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,7 +66,11 @@ impl FilterSpec {
 
     /// Compiles the patterns.
     pub fn compile(&self) -> Result<ImageFilter, FilterError> {
-        ImageFilter::new(&self.repositories, &self.exclude_repositories, self.tag.as_deref())
+        ImageFilter::new(
+            &self.repositories,
+            &self.exclude_repositories,
+            self.tag.as_deref(),
+        )
     }
 }
 

@@ -258,12 +258,17 @@ pub fn parse(body: &str) -> Result<Task, MessageError> {
             })
         }
     }
-    let message: Message = serde_json::from_value(value).map_err(|source| MessageError::Invalid { source })?;
+    let message: Message =
+        serde_json::from_value(value).map_err(|source| MessageError::Invalid { source })?;
     Ok(message.into_task())
 }
 
 fn parse_event(value: serde_json::Value) -> Result<Task, MessageError> {
-    let source_name = value.get("source").and_then(|s| s.as_str()).unwrap_or_default().to_owned();
+    let source_name = value
+        .get("source")
+        .and_then(|s| s.as_str())
+        .unwrap_or_default()
+        .to_owned();
     let detail_type = value
         .get("detail-type")
         .and_then(|s| s.as_str())
@@ -275,12 +280,16 @@ fn parse_event(value: serde_json::Value) -> Result<Task, MessageError> {
             detail_type,
         });
     }
-    let event: EcrEvent = serde_json::from_value(value).map_err(|source| MessageError::Invalid { source })?;
+    let event: EcrEvent =
+        serde_json::from_value(value).map_err(|source| MessageError::Invalid { source })?;
     let at = event.time.unwrap_or_else(Utc::now);
     let detail = event.detail;
     if detail.result.as_deref().is_some_and(|r| r != "SUCCESS") {
         return Ok(Task::Ignore {
-            why: format!("{} event with result {:?}", detail.action_type, detail.result),
+            why: format!(
+                "{} event with result {:?}",
+                detail.action_type, detail.result
+            ),
         });
     }
     let tag = match detail.image_tag.as_deref().filter(|t| !t.is_empty()) {
@@ -351,22 +360,33 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse(&event("DELETE")).unwrap(), Task::RecordDeletion { .. }));
+        assert!(matches!(
+            parse(&event("DELETE")).unwrap(),
+            Task::RecordDeletion { .. }
+        ));
     }
 
     #[test]
     fn bad_messages_say_what_is_wrong() {
-        assert!(matches!(parse("not json"), Err(MessageError::NotJson { .. })));
+        assert!(matches!(
+            parse("not json"),
+            Err(MessageError::NotJson { .. })
+        ));
         assert!(matches!(parse("[1]"), Err(MessageError::NotJson { .. })));
         assert!(matches!(
             parse(r#"{"version":2,"kind":"copy-image"}"#),
             Err(MessageError::UnknownVersion { version: 2 })
         ));
-        let e = parse(r#"{"version":1,"kind":"copy-image","repository":"../etc","digest":"x"}"#).unwrap_err();
+        let e = parse(r#"{"version":1,"kind":"copy-image","repository":"../etc","digest":"x"}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("schema"), "{e}");
-        let e = parse(r#"{"source":"aws.s3","detail-type":"Object Created","detail":{}}"#).unwrap_err();
+        let e =
+            parse(r#"{"source":"aws.s3","detail-type":"Object Created","detail":{}}"#).unwrap_err();
         assert!(matches!(e, MessageError::UnsupportedEvent { .. }), "{e}");
-        assert!(matches!(parse(&"x".repeat(MAX_MESSAGE_BYTES + 1)), Err(MessageError::TooLarge { .. })));
+        assert!(matches!(
+            parse(&"x".repeat(MAX_MESSAGE_BYTES + 1)),
+            Err(MessageError::TooLarge { .. })
+        ));
     }
 
     proptest! {

@@ -65,6 +65,9 @@ mod tests {
         assert_eq!(v["ImagesCopied"], 3.0);
         assert_eq!(v["Function"], "worker");
         assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], NAMESPACE);
-        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"], "ImagesCopied");
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"],
+            "ImagesCopied"
+        );
     }
 }

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
+};
 use aws_sdk_sqs::Client;
 use serde::Serialize;
 
@@ -57,7 +60,10 @@ where
     QueueError::Call {
         op,
         queue: queue.into(),
-        code: err.as_service_error().and_then(|e| e.code()).map(str::to_owned),
+        code: err
+            .as_service_error()
+            .and_then(|e| e.code())
+            .map(str::to_owned),
         message: DisplayErrorContext(&err).to_string(),
     }
 }
@@ -133,7 +139,11 @@ impl SqsQueue {
             let mut bytes = 0;
             while end < messages.len() && end - start < SEND_BATCH_SIZE {
                 let size = messages[end].body.len()
-                    + messages[end].attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                    + messages[end]
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>();
                 if end > start && bytes + size > SEND_BATCH_BYTES {
                     break;
                 }
@@ -206,7 +216,11 @@ impl SqsQueue {
     }
 
     /// Keeps a message invisible for `seconds` more (a long copy in progress).
-    pub async fn extend_visibility(&self, receipt_handle: &str, seconds: i32) -> Result<(), QueueError> {
+    pub async fn extend_visibility(
+        &self,
+        receipt_handle: &str,
+        seconds: i32,
+    ) -> Result<(), QueueError> {
         self.client
             .change_message_visibility()
             .queue_url(&self.url)
@@ -228,13 +242,17 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| call_error("GetQueueAttributes", &self.url, e))?;
-        let Some(policy) = out.attributes().and_then(|a| a.get(&QueueAttributeName::RedrivePolicy)) else {
+        let Some(policy) = out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+        else {
             return Ok(None);
         };
         let value: serde_json::Value = serde_json::from_str(policy).unwrap_or_default();
-        let max = value
-            .get("maxReceiveCount")
-            .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())));
+        let max = value.get("maxReceiveCount").and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        });
         let arn = value.get("deadLetterTargetArn").and_then(|v| v.as_str());
         Ok(max.zip(arn).map(|(m, a)| (m as u32, a.to_owned())))
     }
@@ -278,7 +296,11 @@ impl SqsQueue {
     }
 
     /// Receives up to ten messages, hidden for `visibility` seconds.
-    pub async fn receive(&self, visibility: i32, wait_seconds: i32) -> Result<Vec<ReceivedMessage>, QueueError> {
+    pub async fn receive(
+        &self,
+        visibility: i32,
+        wait_seconds: i32,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
         let out = self
             .client
             .receive_message()

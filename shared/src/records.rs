@@ -180,10 +180,20 @@ impl Snapshot {
     }
 
     /// Part `part` of run `run` (ids `<run>` for part 0, `<run>.<part>` after).
-    pub fn part_of(run: &str, part: u32, source: String, taken_at: DateTime<Utc>, last: bool) -> Snapshot {
+    pub fn part_of(
+        run: &str,
+        part: u32,
+        source: String,
+        taken_at: DateTime<Utc>,
+        last: bool,
+    ) -> Snapshot {
         Snapshot {
             version: RECORD_VERSION,
-            id: if part == 0 { run.to_owned() } else { format!("{run}.{part}") },
+            id: if part == 0 {
+                run.to_owned()
+            } else {
+                format!("{run}.{part}")
+            },
             source,
             taken_at,
             run: Some(run.to_owned()),

@@ -13,7 +13,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::message::{self, Message, Reason, Task};
-use crate::queue::{OutgoingMessage, QueueError, ReceivedMessage, SqsQueue, ERROR_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE};
+use crate::queue::{
+    OutgoingMessage, QueueError, ReceivedMessage, SqsQueue, ERROR_ATTRIBUTE,
+    RECEIVE_COUNT_ATTRIBUTE,
+};
 
 /// How long a received message stays hidden while it is being moved.
 const MOVE_VISIBILITY: i32 = 120;
@@ -30,7 +33,11 @@ pub struct RedriveReport {
 }
 
 /// Moves every message of `dlq` to `target`. `on_moved` is told the running count.
-pub async fn redrive(dlq: &SqsQueue, target: &SqsQueue, on_moved: &(dyn Fn(u64) + Sync)) -> Result<RedriveReport, QueueError> {
+pub async fn redrive(
+    dlq: &SqsQueue,
+    target: &SqsQueue,
+    on_moved: &(dyn Fn(u64) + Sync),
+) -> Result<RedriveReport, QueueError> {
     match start_move_task(dlq, target).await {
         Ok(handle) => {
             let moved = wait_for_move_task(dlq, &handle, on_moved).await?;
@@ -40,7 +47,9 @@ pub async fn redrive(dlq: &SqsQueue, target: &SqsQueue, on_moved: &(dyn Fn(u64) 
                 task_handle: Some(handle),
             });
         }
-        Err(e) => tracing::info!(error = %e, "StartMessageMoveTask unavailable; moving messages one batch at a time"),
+        Err(e) => {
+            tracing::info!(error = %e, "StartMessageMoveTask unavailable; moving messages one batch at a time")
+        }
     }
     let mut moved = 0;
     let mut empty_receives = 0;
@@ -125,7 +134,11 @@ async fn start_move_task(dlq: &SqsQueue, target: &SqsQueue) -> Result<String, Qu
     Ok(out.task_handle().unwrap_or_default().to_owned())
 }
 
-async fn wait_for_move_task(dlq: &SqsQueue, handle: &str, on_moved: &(dyn Fn(u64) + Sync)) -> Result<u64, QueueError> {
+async fn wait_for_move_task(
+    dlq: &SqsQueue,
+    handle: &str,
+    on_moved: &(dyn Fn(u64) + Sync),
+) -> Result<u64, QueueError> {
     let source_arn = dlq.arn().await?;
     loop {
         let out = dlq
@@ -140,7 +153,11 @@ async fn wait_for_move_task(dlq: &SqsQueue, handle: &str, on_moved: &(dyn Fn(u64
                 code: None,
                 message: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
             })?;
-        let task = out.results().iter().find(|t| t.task_handle() == Some(handle)).or(out.results().first());
+        let task = out
+            .results()
+            .iter()
+            .find(|t| t.task_handle() == Some(handle))
+            .or(out.results().first());
         let Some(task) = task else { return Ok(0) };
         let moved = task.approximate_number_of_messages_moved().max(0) as u64;
         on_moved(moved);
@@ -151,7 +168,10 @@ async fn wait_for_move_task(dlq: &SqsQueue, handle: &str, on_moved: &(dyn Fn(u64
                     op: "ListMessageMoveTasks",
                     queue: dlq.url().to_owned(),
                     code: task.status().map(str::to_owned),
-                    message: task.failure_reason().unwrap_or("the move task stopped").to_owned(),
+                    message: task
+                        .failure_reason()
+                        .unwrap_or("the move task stopped")
+                        .to_owned(),
                 })
             }
             _ => tokio::time::sleep(Duration::from_secs(2)).await,
@@ -195,12 +215,19 @@ pub async fn peek(dlq: &SqsQueue, max: usize) -> Result<Vec<DeadLetter>, QueueEr
         letters.push(DeadLetter {
             summary: summarize(&m.body),
             error: m.attributes.get(ERROR_ATTRIBUTE).cloned(),
-            receive_count: m.attributes.get(RECEIVE_COUNT_ATTRIBUTE).and_then(|v| v.parse().ok()),
+            receive_count: m
+                .attributes
+                .get(RECEIVE_COUNT_ATTRIBUTE)
+                .and_then(|v| v.parse().ok()),
             failed_at: m.attributes.get("ecr-backup-failed-at").cloned(),
             message_id: m.message_id,
         });
     }
-    letters.sort_by(|a, b| a.failed_at.cmp(&b.failed_at).then(a.message_id.cmp(&b.message_id)));
+    letters.sort_by(|a, b| {
+        a.failed_at
+            .cmp(&b.failed_at)
+            .then(a.message_id.cmp(&b.message_id))
+    });
     letters.truncate(max);
     Ok(letters)
 }
@@ -208,10 +235,17 @@ pub async fn peek(dlq: &SqsQueue, max: usize) -> Result<Vec<DeadLetter>, QueueEr
 fn summarize(body: &str) -> String {
     match message::parse(body) {
         Ok(Task::Copy { request, reason }) => {
-            format!("copy {}@{} ({reason:?})", request.repository, request.digest)
+            format!(
+                "copy {}@{} ({reason:?})",
+                request.repository, request.digest
+            )
         }
-        Ok(Task::RecordDeletion { repository, digest, .. }) => format!("record deletion of {repository}@{digest}"),
-        Ok(Task::ContinueFanout { run_id, after, .. }) => format!("continue fan-out {run_id} after {after}"),
+        Ok(Task::RecordDeletion {
+            repository, digest, ..
+        }) => format!("record deletion of {repository}@{digest}"),
+        Ok(Task::ContinueFanout { run_id, after, .. }) => {
+            format!("continue fan-out {run_id} after {after}")
+        }
         Ok(Task::Ignore { why }) => format!("ignored event: {why}"),
         Err(e) => {
             let mut start: String = body.chars().take(80).collect();

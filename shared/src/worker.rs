@@ -15,7 +15,9 @@ use crate::backup::error_chain;
 use crate::copy::{CopyEngine, CopyError, ImageOutcome};
 use crate::fanout::{fan_out, FanoutError, FanoutReport, FanoutRun};
 use crate::message::{self, MessageError, Task};
-use crate::queue::{OutgoingMessage, QueueError, SqsQueue, ERROR_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE};
+use crate::queue::{
+    OutgoingMessage, QueueError, SqsQueue, ERROR_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE,
+};
 use crate::records::{DeletionRecord, RECORD_VERSION};
 use crate::source::Source;
 use crate::store::StoreError;
@@ -49,9 +51,9 @@ pub enum TaskError {
     /// The message could not be understood (permanent).
     #[error("malformed message: {0}")]
     Message(#[from] MessageError),
-    /// Copying failed.
+    /// Copying failed (boxed: copy errors are large, and this travels through tasks).
     #[error(transparent)]
-    Copy(#[from] CopyError),
+    Copy(Box<CopyError>),
     /// Writing a record failed.
     #[error("recording a deletion: {0}")]
     Store(#[from] StoreError),
@@ -61,6 +63,12 @@ pub enum TaskError {
     /// The task panicked (a bug); the message is retried, then dead-lettered.
     #[error("the task panicked: {0}")]
     Panicked(String),
+}
+
+impl From<CopyError> for TaskError {
+    fn from(e: CopyError) -> Self {
+        TaskError::Copy(Box::new(e))
+    }
 }
 
 /// Everything a worker needs, built once per process.
@@ -106,7 +114,12 @@ pub struct BatchResult {
 impl Worker {
     /// A worker copying with `engine` from `source`, continuing fan-outs on `queue`.
     /// `dead_letter` is the queue's `maxReceiveCount` and dead-letter queue.
-    pub fn new(engine: CopyEngine, source: Source, queue: SqsQueue, dead_letter: Option<(u32, SqsQueue)>) -> Worker {
+    pub fn new(
+        engine: CopyEngine,
+        source: Source,
+        queue: SqsQueue,
+        dead_letter: Option<(u32, SqsQueue)>,
+    ) -> Worker {
         Worker {
             engine,
             source,
@@ -165,7 +178,14 @@ impl Worker {
                     taken_at: observed_at,
                     filter,
                 };
-                let report = fan_out(&self.source, self.engine.store(), &self.queue, &run, CONTINUATION_BUDGET).await?;
+                let report = fan_out(
+                    &self.source,
+                    self.engine.store(),
+                    &self.queue,
+                    &run,
+                    CONTINUATION_BUDGET,
+                )
+                .await?;
                 Ok(TaskOutcome::FanoutContinued(report))
             }
             Task::Ignore { why } => Ok(TaskOutcome::Ignored(why)),
@@ -173,7 +193,11 @@ impl Worker {
     }
 
     /// Runs a batch: at most `concurrency` messages at once, each in its own task.
-    pub async fn run_batch(self: &Arc<Self>, items: Vec<BatchItem>, concurrency: usize) -> BatchResult {
+    pub async fn run_batch(
+        self: &Arc<Self>,
+        items: Vec<BatchItem>,
+        concurrency: usize,
+    ) -> BatchResult {
         let outcomes: Vec<(BatchItem, Result<TaskOutcome, TaskError>)> = futures::stream::iter(items)
             .map(|item| {
                 let worker = self.clone();
@@ -225,7 +249,10 @@ impl Worker {
         let worker = self.clone();
         let body = item.body.clone();
         let mut task = tokio::spawn(async move { worker.run_task(&body).await }.in_current_span());
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + HEARTBEAT_EVERY,
+            HEARTBEAT_EVERY,
+        );
         loop {
             tokio::select! {
                 joined = &mut task => {
@@ -253,7 +280,10 @@ impl Worker {
         let mut error = error.to_owned();
         error.truncate(1000);
         attributes.insert(ERROR_ATTRIBUTE.into(), error);
-        attributes.insert(RECEIVE_COUNT_ATTRIBUTE.into(), item.receive_count.to_string());
+        attributes.insert(
+            RECEIVE_COUNT_ATTRIBUTE.into(),
+            item.receive_count.to_string(),
+        );
         attributes.insert("ecr-backup-failed-at".into(), Utc::now().to_rfc3339());
         dlq.send_raw(&[OutgoingMessage {
             body: item.body.clone(),

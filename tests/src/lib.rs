@@ -1,1 +1,16 @@
+//! Test support for ecr-backup's integration tests, demo and benchmarks.
+//!
+//! The integration tests run against real local servers, never mocks: two anonymous
+//! registries (Debian's `docker-registry`, CNCF distribution 2.8), a third one with HTTP
+//! Basic auth standing in for Amazon ECR's data plane, and a moto server for the AWS APIs.
+//! `tests/scripts/setup.sh` installs them, `tests/scripts/start-servers.sh DIR` starts
+//! them and writes `DIR/env`, which the tests read through [`servers::TestServers`].
+//!
+//! - [`servers`]: where the servers are, clients for them, and the registries' access logs
+//!   (to count blob GETs);
+//! - [`corpus`]: a deterministic set of images (OCI and Docker manifests, an index, a
+//!   manifest list, nested names, odd tags, an untagged image, a large layer) pushed
+//!   through the project's own registry client.
 
+pub mod corpus;
+pub mod servers;

@@ -48,7 +48,10 @@ impl WorkerContext {
             None => None,
         };
         let api = EcrApi::from_env(None, None).await;
-        let endpoint = api.proxy_endpoint().await.context("finding the ECR registry")?;
+        let endpoint = api
+            .proxy_endpoint()
+            .await
+            .context("finding the ECR registry")?;
         let source = Source::connect(&endpoint, config.registry_endpoint.as_deref(), None).await?;
         let engine = CopyEngine::new(
             source.registry().clone(),
@@ -65,7 +68,10 @@ impl WorkerContext {
 
     /// A context from parts (tests).
     pub fn new(worker: Arc<Worker>, concurrency: usize) -> WorkerContext {
-        WorkerContext { worker, concurrency }
+        WorkerContext {
+            worker,
+            concurrency,
+        }
     }
 }
 
@@ -117,7 +123,10 @@ pub async fn handle(context: &WorkerContext, event: SqsEvent) -> SqsBatchRespons
                 value: (stats.bytes_copied.load(Ordering::Relaxed) - bytes_before) as f64,
                 unit: "Bytes",
             },
-            Metric::count("BlobsDeduplicated", stats.blobs_skipped.load(Ordering::Relaxed) - skipped_before),
+            Metric::count(
+                "BlobsDeduplicated",
+                stats.blobs_skipped.load(Ordering::Relaxed) - skipped_before,
+            ),
             Metric {
                 name: "Duration",
                 value: started.elapsed().as_millis() as f64,

@@ -36,8 +36,15 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
                 .with_context(|| format!("finding the queue that {} serves", args.dlq))?;
             match sources.queue_urls() {
                 [one] => one.clone(),
-                [] => bail!("no queue uses {} as its dead-letter queue; give --target", args.dlq),
-                many => bail!("several queues use {} as dead-letter queue ({}); give --target", args.dlq, many.join(", ")),
+                [] => bail!(
+                    "no queue uses {} as its dead-letter queue; give --target",
+                    args.dlq
+                ),
+                many => bail!(
+                    "several queues use {} as dead-letter queue ({}); give --target",
+                    args.dlq,
+                    many.join(", ")
+                ),
             }
         }
     };
@@ -51,7 +58,10 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if !global.quiet {
-        println!("Moved {} messages from {} to {target_url} ({})", report.moved, args.dlq, report.method);
+        println!(
+            "Moved {} messages from {} to {target_url} ({})",
+            report.moved, args.dlq, report.method
+        );
     }
     Ok(Outcome::Success)
 }

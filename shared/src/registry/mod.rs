@@ -206,6 +206,20 @@ impl RegistryClient {
         scope: &str,
         build: &(dyn Fn() -> reqwest::RequestBuilder + Send + Sync),
     ) -> Result<reqwest::Response, RegistryError> {
+        self.send_authenticated(op, target, scope, build, true)
+            .await
+    }
+
+    /// Sends with auth; `resendable` is false for a streamed body, which cannot be sent
+    /// a second time after a challenge (the caller restarts the upload instead).
+    async fn send_authenticated(
+        &self,
+        op: &'static str,
+        target: &str,
+        scope: &str,
+        build: &(dyn Fn() -> reqwest::RequestBuilder + Send + Sync),
+        resendable: bool,
+    ) -> Result<reqwest::Response, RegistryError> {
         let mut refreshed = false;
         for _attempt in 0..3 {
             let mut request = build();
@@ -224,6 +238,15 @@ impl RegistryClient {
             })?;
             if response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(response);
+            }
+            if !resendable {
+                return Err(RegistryError::Unauthorized {
+                    op,
+                    target: target.into(),
+                    registry: self.name(),
+                    detail: "the registry asked to authenticate again in the middle of an upload"
+                        .into(),
+                });
             }
             let challenge = response
                 .headers()
@@ -753,17 +776,23 @@ impl RegistryClient {
         // The body is streamed in one PATCH, then the upload is closed with its digest.
         let body = std::sync::Mutex::new(Some(reqwest::Body::wrap_stream(body)));
         let response = self
-            .send_once("upload", &t, &scope, &|| {
-                let req = self
-                    .http
-                    .patch(location.clone())
-                    .header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_LENGTH, size.to_string());
-                match body.lock().expect("body lock").take() {
-                    Some(b) => req.body(b),
-                    None => req.body(Bytes::new()),
-                }
-            })
+            .send_authenticated(
+                "upload",
+                &t,
+                &scope,
+                &|| {
+                    let req = self
+                        .http
+                        .patch(location.clone())
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, size.to_string());
+                    match body.lock().expect("body lock").take() {
+                        Some(b) => req.body(b),
+                        None => req.body(Bytes::new()),
+                    }
+                },
+                false,
+            )
             .await?;
         if !response.status().is_success() {
             return Err(status_error("upload", &t, response).await);
@@ -793,11 +822,17 @@ impl RegistryClient {
     ) -> Result<Digest, RegistryError> {
         let digest = Digest::of(&bytes);
         let size = bytes.len() as u64;
+        // Requests inside push_blob retry themselves; this outer loop only restarts an
+        // upload whose streamed body failed, so it stays short.
+        let restarts = RetryPolicy {
+            max_retries: 2,
+            ..self.retry
+        };
         (|| async {
             self.push_blob(repo, &digest, size, crate::store::stream_of(bytes.clone()))
                 .await
         })
-        .retry(self.retry.backoff())
+        .retry(restarts.backoff())
         .when(RegistryError::is_transient)
         .await?;
         Ok(digest)
@@ -969,5 +1004,51 @@ mod tests {
             HeaderValue::from_static("</v2/_catalog?last=b&n=2>; rel=\"next\""),
         );
         assert_eq!(next_link(&h).as_deref(), Some("/v2/_catalog?last=b&n=2"));
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-shot HTTP responder: the registry client's own size limit is what is tested,
+    /// and no real registry accepts a manifest this large.
+    async fn serve_once(body: Vec<u8>, content_length: bool) -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let mut head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\n",
+                manifest::OCI_MANIFEST
+            );
+            if content_length {
+                head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            }
+            head.push_str("Connection: close\r\n\r\n");
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(&body).await;
+        });
+        Url::parse(&format!("http://{addr}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn manifests_over_4_mib_are_refused_with_or_without_content_length() {
+        for content_length in [true, false] {
+            let url = serve_once(vec![b' '; MAX_MANIFEST_BYTES + 1], content_length).await;
+            let client =
+                RegistryClient::new(url, Arc::new(StaticCredentials(Credentials::Anonymous)))
+                    .unwrap();
+            let repo: RepositoryName = "a".parse().unwrap();
+            let err = client.get_manifest(&repo, "v1").await.unwrap_err();
+            assert!(
+                matches!(err, RegistryError::ManifestTooLarge { .. }),
+                "{err}"
+            );
+            assert!(err.to_string().contains("a:v1"), "{err}");
+        }
     }
 }

@@ -102,6 +102,49 @@ pub async fn run_conformance_suite(backend: &dyn Backend) {
     let read_back = collect(backend.open(&key).await.unwrap()).await.unwrap();
     assert!(read_back == data, "blob read back differs");
 
+    // A blob of several S3 parts, not a multiple of the part size.
+    let large = Bytes::from(
+        (0..(2 * super::s3::PART_SIZE + 12345))
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let large_digest = Digest::of(&large);
+    let large_key = format!("blobs/sha256/{}", large_digest.hex());
+    let mut corrupt = large.to_vec();
+    *corrupt.last_mut().unwrap() ^= 1;
+    let err = backend
+        .write_verified(
+            &large_key,
+            &large_digest,
+            Some(large.len() as u64),
+            chunked(corrupt.into()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Verify { .. }),
+        "corrupt last byte of a multipart blob: {err}"
+    );
+    assert_eq!(
+        backend.stat(&large_key).await.unwrap(),
+        None,
+        "refused multipart blob is visible"
+    );
+    let outcome = backend
+        .write_verified(
+            &large_key,
+            &large_digest,
+            Some(large.len() as u64),
+            chunked(large.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, WriteOutcome::Written, "multipart blob");
+    let read_back = collect(backend.open(&large_key).await.unwrap())
+        .await
+        .unwrap();
+    assert!(read_back == large, "multipart blob read back differs");
+
     // Small blob (single request path on S3).
     let small = Bytes::from_static(b"{}");
     let small_key = format!("blobs/sha256/{}", Digest::of(&small).hex());
@@ -149,7 +192,7 @@ pub async fn run_conformance_suite(backend: &dyn Backend) {
     keys.sort();
     assert_eq!(keys, vec!["repositories/a/_tags/t/x.json".to_string()]);
     let all = backend.list("").await.unwrap();
-    assert_eq!(all.len(), 4, "listing of everything: {all:?}");
+    assert_eq!(all.len(), 5, "listing of everything: {all:?}");
     assert!(all.iter().all(|o| o.size > 0));
 }
 

@@ -6,8 +6,8 @@
 mod conformance;
 mod dir;
 mod layout;
+mod repository;
 mod s3;
-mod store;
 
 use std::pin::Pin;
 
@@ -21,8 +21,8 @@ use crate::digest::{Digest, DigestError};
 pub use conformance::run_conformance_suite;
 pub use dir::DirBackend;
 pub use layout::Layout;
+pub use repository::{Catalog, IndexRef, RepositoryCatalog, Store, StoreLocation, TagEntry};
 pub use s3::{S3Backend, S3Location};
-pub use store::{Catalog, IndexRef, RepositoryCatalog, Store, StoreLocation, TagEntry};
 
 /// A stream of bytes read from, or written into, a backend.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;

@@ -1,0 +1,125 @@
+//! `ecr-backup ls`: what a store holds: repositories, one repository's tags, or snapshots.
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use ecr_backup::inventory;
+use ecr_backup::store::{Store, StoreLocation};
+use ecr_backup::RepositoryName;
+
+use super::Global;
+use crate::progress::human_bytes;
+use crate::Outcome;
+
+/// Arguments of `ls`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The backup store: a directory, or `s3://bucket/prefix`.
+    #[arg(long, env = "ECR_BACKUP_STORE", default_value = "ecr-backup-store")]
+    store: String,
+    /// List this repository's tags and images instead of every repository.
+    repository: Option<RepositoryName>,
+    /// List snapshots (backup runs) instead.
+    #[arg(long, conflicts_with = "repository")]
+    snapshots: bool,
+    /// Print the listing as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Runs `ls`.
+pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
+    let store = Store::open(&StoreLocation::parse(&args.store)?).await;
+    if args.snapshots {
+        let snapshots = inventory::snapshots(&store).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&snapshots)?);
+            return Ok(Outcome::Success);
+        }
+        println!(
+            "{:<24}  {:<19}  {:>5}  {:>6}  {:>5}  SOURCE",
+            "SNAPSHOT", "TAKEN (UTC)", "REPOS", "IMAGES", "TAGS"
+        );
+        for s in &snapshots {
+            println!(
+                "{:<24}  {:<19}  {:>5}  {:>6}  {:>5}  {}",
+                s.id,
+                time(Some(s.taken_at)),
+                s.repositories,
+                s.images,
+                s.tags,
+                s.source
+            );
+        }
+        return Ok(Outcome::Success);
+    }
+    if let Some(repo) = &args.repository {
+        let detail = inventory::repository(&store, repo).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&detail)?);
+            return Ok(Outcome::Success);
+        }
+        println!(
+            "{:<30}  {:<71}  {:>10}  {:<19}  {:<19}",
+            "TAG", "DIGEST", "SIZE", "FIRST SEEN (UTC)", "LAST SEEN (UTC)"
+        );
+        for t in &detail.tags {
+            println!(
+                "{:<30}  {:<71}  {:>10}  {:<19}  {:<19}",
+                t.tag.as_str(),
+                t.digest.to_string(),
+                t.size.map(human_bytes).unwrap_or_else(|| "missing".into()),
+                time(t.first_observed),
+                time(t.last_observed)
+            );
+        }
+        if !detail.untagged.is_empty() {
+            println!();
+            println!(
+                "{:<71}  {:>10}  {:<19}  NOTE",
+                "UNTAGGED IMAGE", "SIZE", "BACKED UP (UTC)"
+            );
+            for i in &detail.untagged {
+                let mut note = Vec::new();
+                if let Some(s) = &i.subject {
+                    note.push(format!("refers to {s}"));
+                }
+                if i.deleted {
+                    note.push("deleted at the source".to_owned());
+                }
+                println!(
+                    "{:<71}  {:>10}  {:<19}  {}",
+                    i.digest.to_string(),
+                    i.size.map(human_bytes).unwrap_or_default(),
+                    time(i.backed_up_at),
+                    note.join("; ")
+                );
+            }
+        }
+        return Ok(Outcome::Success);
+    }
+    let repositories = inventory::repositories(&store).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&repositories)?);
+        return Ok(Outcome::Success);
+    }
+    println!(
+        "{:<40}  {:>6}  {:>5}  {:>7}  {:<19}",
+        "REPOSITORY", "IMAGES", "TAGS", "DELETED", "LAST SEEN (UTC)"
+    );
+    for r in &repositories {
+        println!(
+            "{:<40}  {:>6}  {:>5}  {:>7}  {:<19}",
+            r.repository.as_str(),
+            r.images,
+            r.tags,
+            r.deleted,
+            time(r.last_observed)
+        );
+    }
+    Ok(Outcome::Success)
+}

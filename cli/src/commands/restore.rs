@@ -1,0 +1,159 @@
+//! `ecr-backup restore`: push images from a store into a registry, digests unchanged.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ecr_backup::filter::ImageFilter;
+use ecr_backup::inventory::PointInTime;
+use ecr_backup::registry::Credentials;
+use ecr_backup::restore::{self, Rename, RestoreOptions, RestoreReport, Target};
+use ecr_backup::store::{Store, StoreLocation};
+
+use super::Global;
+use crate::progress::{human_bytes, Bar};
+use crate::Outcome;
+
+/// Arguments of `restore`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The backup store: a directory, or `s3://bucket/prefix`.
+    #[arg(long, env = "ECR_BACKUP_STORE", default_value = "ecr-backup-store")]
+    store: String,
+    /// Registry to restore into: `host[:port]`, `http://host:port`, or an ECR registry
+    /// (`<account>.dkr.ecr.<region>.amazonaws.com`; missing repositories are created).
+    #[arg(long, env = "ECR_BACKUP_TARGET")]
+    target: String,
+    /// Reach the target's data plane at this URL instead (a proxy, a local mirror).
+    #[arg(long, env = "ECR_BACKUP_TARGET_ENDPOINT")]
+    target_endpoint: Option<String>,
+    /// Target credentials as `USER:PASSWORD` (ECR logs in by itself).
+    #[arg(long, env = "ECR_BACKUP_TARGET_CREDENTIALS", hide_env_values = true)]
+    target_credentials: Option<String>,
+    /// Only repositories matching this glob (repeatable).
+    #[arg(long = "repository", value_name = "GLOB")]
+    repositories: Vec<String>,
+    /// Leave out repositories matching this glob (repeatable).
+    #[arg(long = "exclude-repository", value_name = "GLOB")]
+    exclude_repositories: Vec<String>,
+    /// Only tags matching this regular expression (whole tag).
+    #[arg(long, value_name = "REGEX")]
+    tag: Option<String>,
+    /// Restore the registry as it was at this time: RFC 3339, or `YYYY-MM-DD` for the end
+    /// of that day (UTC).
+    #[arg(long, value_name = "TIME", conflicts_with = "snapshot")]
+    as_of: Option<String>,
+    /// Restore exactly the tags of this snapshot (see `ecr-backup ls --snapshots`).
+    #[arg(long, value_name = "ID")]
+    snapshot: Option<String>,
+    /// Also restore, by digest, the untagged images of the snapshot (not with --tag).
+    #[arg(long, conflicts_with = "tag")]
+    include_untagged: bool,
+    /// Restore repositories starting with OLD_PREFIX under NEW_PREFIX instead.
+    #[arg(long, value_name = "OLD_PREFIX=NEW_PREFIX")]
+    rename: Option<String>,
+    /// Images restored at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Blob uploads at once, across all images.
+    #[arg(long, default_value_t = 8)]
+    blob_concurrency: usize,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `restore`.
+pub async fn run(args: Args, global: Global) -> Result<Outcome> {
+    let filter = ImageFilter::new(
+        &args.repositories,
+        &args.exclude_repositories,
+        args.tag.as_deref(),
+    )?;
+    let point = PointInTime::from_flags(args.as_of.as_deref(), args.snapshot.as_deref())?;
+    let rename = args.rename.as_deref().map(Rename::parse).transpose()?;
+    let credentials = match &args.target_credentials {
+        Some(text) => Some(
+            Credentials::from_user_password(text)
+                .context("--target-credentials must be USER:PASSWORD")?,
+        ),
+        None => None,
+    };
+    let store = Store::open(&StoreLocation::parse(&args.store)?).await;
+    let target =
+        Target::connect(&args.target, args.target_endpoint.as_deref(), credentials).await?;
+
+    let bar = Arc::new(Bar::new(global.show_progress(args.json), "restoring"));
+    let options = RestoreOptions {
+        filter,
+        point,
+        rename,
+        include_untagged: args.include_untagged,
+        image_concurrency: args.concurrency,
+        blob_concurrency: args.blob_concurrency,
+        ..RestoreOptions::default()
+    };
+    let report = restore::run(&store, &target, &options, bar.clone()).await?;
+    bar.finish();
+    print_report(&report, args.json, global.quiet)?;
+    Ok(if report.is_success() {
+        Outcome::Success
+    } else {
+        Outcome::Partial
+    })
+}
+
+fn print_report(report: &RestoreReport, json: bool, quiet: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    if !quiet {
+        let snapshot = report
+            .snapshot
+            .as_deref()
+            .map(|s| format!(", from snapshot {s}"))
+            .unwrap_or_default();
+        println!(
+            "Restored {} into {} ({}{snapshot})",
+            report.store, report.target, report.point
+        );
+        println!(
+            "  images: {} restored, {} already present, {} failed",
+            report.images_restored,
+            report.images_present,
+            report.images_failed.len()
+        );
+        println!(
+            "  blobs:  {} pushed ({}), {} mounted, {} already present ({} not sent)",
+            report.blobs_pushed,
+            human_bytes(report.bytes_pushed),
+            report.blobs_mounted,
+            report.blobs_skipped,
+            human_bytes(report.bytes_skipped)
+        );
+        println!(
+            "  {} manifests and {} tags pushed, {} registry requests, {} retries, {:.1} s",
+            report.manifests_pushed,
+            report.tags_pushed,
+            report.registry_requests,
+            report.retries,
+            report.elapsed_seconds
+        );
+        for repo in &report.repositories_created {
+            println!("  created ECR repository {repo}");
+        }
+    }
+    for failed in &report.images_failed {
+        let tags = if failed.tags.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = failed.tags.iter().map(|t| t.as_str()).collect();
+            format!(" (tags {})", names.join(", "))
+        };
+        eprintln!(
+            "failed: {}@{}{tags}: {}",
+            failed.repository, failed.digest, failed.error
+        );
+    }
+    Ok(())
+}

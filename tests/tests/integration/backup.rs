@@ -1,0 +1,399 @@
+//! Backups of the test corpus from a real registry into directory and S3 stores.
+
+use std::collections::BTreeMap;
+
+use ecr_backup::backup::tag_view;
+use ecr_backup::registry::Credentials;
+use ecr_backup::store::Layout;
+use ecr_backup_tests::corpus::{push_corpus, push_image, random_layer, CorpusOptions, Format};
+use ecr_backup_tests::servers::{self, TestServers};
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corpus_backs_up_into_a_directory_and_into_s3_with_every_digest_kept() {
+    let servers = TestServers::from_env();
+    let prefix = servers::unique_prefix("corpus");
+    let corpus = push_corpus(&servers.source_client(), &CorpusOptions::new(&prefix))
+        .await
+        .unwrap();
+
+    let (dir, dir_store) = dir_store().await;
+    let (_s3, s3_store, _bucket) = s3_store(&servers.moto, "corpus").await;
+    // A plain registry lists only tags, so its untagged images cannot be found (ECR's
+    // API can: see the ECR test).
+    let tagged: Vec<_> = corpus
+        .images
+        .iter()
+        .filter(|i| !i.tags.is_empty())
+        .collect();
+    let mut wanted: BTreeMap<String, u64> = BTreeMap::new();
+    for image in &tagged {
+        wanted.insert(
+            Layout::blob(&image.digest),
+            image.manifest_bytes.len() as u64,
+        );
+        for (d, size) in &image.blobs {
+            wanted.insert(Layout::blob(d), *size);
+        }
+    }
+    let wanted_bytes: u64 = wanted.values().sum();
+    for store in [&dir_store, &s3_store] {
+        let report = backup_prefix(&servers.registry, None, &prefix, store).await;
+        assert!(report.is_success(), "{:?}", report.images_failed);
+        assert_eq!(
+            report.images_copied as usize,
+            tagged.len(),
+            "{}",
+            store.location()
+        );
+
+        // Every tag resolves to the source's digest.
+        let catalog = store.catalog(None).await.unwrap();
+        let view = tag_view(store, &catalog, None).await.unwrap();
+        let expected = corpus.tags();
+        let got: BTreeMap<_, _> = view
+            .into_iter()
+            .filter(|((r, _), _)| expected.keys().any(|(er, _)| er == r))
+            .collect();
+        assert_eq!(got, expected, "tags in {}", store.location());
+        // Every unique blob is stored once, with its size; nothing else is.
+        let stored: BTreeMap<_, _> = store
+            .backend()
+            .list("blobs/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect();
+        assert_eq!(stored, wanted, "blobs in {}", store.location());
+        assert_eq!(
+            report.bytes_copied,
+            wanted_bytes,
+            "bytes copied into {}",
+            store.location()
+        );
+    }
+    let blobs = assert_dir_store_consistent(&dir.path().join("store"));
+    // Shared base layers are stored once: stored layer bytes are the unique layer bytes.
+    let layers: std::collections::BTreeSet<_> =
+        tagged.iter().flat_map(|i| i.layers.iter()).collect();
+    let referenced: u64 = tagged
+        .iter()
+        .flat_map(|i| i.layers.iter().map(|d| i.blobs[d]))
+        .sum();
+    let stored_layer_bytes: u64 = layers
+        .iter()
+        .filter(|d| blobs.contains(d))
+        .map(|d| corpus.unique_blobs[d])
+        .sum();
+    let unique_layer_bytes: u64 = layers.iter().map(|d| corpus.unique_blobs[d]).sum();
+    assert_eq!(stored_layer_bytes, unique_layer_bytes);
+    assert!(
+        referenced > stored_layer_bytes,
+        "dedup: {referenced} referenced vs {stored_layer_bytes} stored"
+    );
+    println!("corpus: {referenced} layer bytes referenced, {stored_layer_bytes} stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_run_over_an_unchanged_registry_downloads_no_blob() {
+    let servers = TestServers::from_env();
+    let prefix = servers::unique_prefix("rerun");
+    let mut options = CorpusOptions::new(&prefix);
+    options.big_layer_mib = 8;
+    let corpus = push_corpus(&servers.source_client(), &options)
+        .await
+        .unwrap();
+    let (_dir, store) = dir_store().await;
+    let first = backup_prefix(&servers.registry, None, &prefix, &store).await;
+    assert!(first.is_success());
+    assert!(first.blob_gets > 0);
+
+    let log_start = servers::log_lines(&servers.registry_log);
+    let second = backup_prefix(&servers.registry, None, &prefix, &store).await;
+    let gets_at_registry = servers::blob_gets(&servers.registry_log, log_start)
+        .into_iter()
+        .filter(|g| {
+            g.repository
+                .as_str()
+                .starts_with(prefix.trim_end_matches('/'))
+        })
+        .count();
+    assert_eq!(
+        gets_at_registry, 0,
+        "blob GETs seen by the registry on the second run"
+    );
+    assert_eq!(second.blob_gets, 0);
+    assert_eq!(second.images_copied, 0);
+    let tagged = corpus.images.iter().filter(|i| !i.tags.is_empty()).count();
+    assert_eq!(second.images_present as usize, tagged);
+    assert_eq!(second.bytes_copied, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_that_does_not_match_its_digest_is_never_stored() {
+    let servers = TestServers::from_env();
+    let prefix = servers::unique_prefix("corrupt");
+    let repo = ecr_backup_tests::corpus::repository(&prefix, "bad").unwrap();
+    let layer = random_layer(rand::random(), 300 * 1024);
+    let image = push_image(
+        &servers.source_client(),
+        &repo,
+        &["v1".parse().unwrap()],
+        &[layer],
+        Format::Oci,
+    )
+    .await
+    .unwrap();
+    let layer_digest = image.layers.iter().next().unwrap().clone();
+    // Flip one byte of the layer in the registry's own storage: it serves what it has.
+    let data = registry_blob_path(&servers.registry_log, &layer_digest);
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+
+    let (dir, store) = dir_store().await;
+    let report = backup_prefix(&servers.registry, None, &prefix, &store).await;
+    assert_eq!(report.images_failed.len(), 1, "{report:?}");
+    let failure = &report.images_failed[0];
+    assert!(
+        failure.error.contains("digest mismatch"),
+        "{}",
+        failure.error
+    );
+    assert!(
+        failure.error.contains(&layer_digest.to_string()),
+        "{}",
+        failure.error
+    );
+    assert!(
+        store.blob_size(&layer_digest).await.unwrap().is_none(),
+        "corrupt blob stored"
+    );
+    assert!(
+        store
+            .image_record(&repo, &image.digest)
+            .await
+            .unwrap()
+            .is_none(),
+        "image recorded"
+    );
+    assert!(store
+        .catalog(None)
+        .await
+        .unwrap()
+        .get(&repo)
+        .is_none_or(|c| c.tags.is_empty()));
+    assert_dir_store_consistent(&dir.path().join("store"));
+}
+
+/// Where the source registry keeps a blob's bytes on disk (its state directory sits next
+/// to its access log).
+fn registry_blob_path(log: &std::path::Path, digest: &ecr_backup::Digest) -> std::path::PathBuf {
+    let name = log.file_stem().unwrap().to_str().unwrap();
+    let hex = digest.hex();
+    log.parent().unwrap().join(format!(
+        "{name}-data/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_killed_in_the_middle_of_a_large_layer_leaves_a_consistent_store() {
+    let servers = TestServers::from_env();
+    let prefix = servers::unique_prefix("kill");
+    let mut options = CorpusOptions::new(&prefix);
+    options.big_layer_mib = 160;
+    push_corpus(&servers.source_client(), &options)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store_arg = store_dir.to_str().unwrap().to_owned();
+    let repo_glob = format!("{}/big", prefix.trim_end_matches('/'));
+
+    let mut child = std::process::Command::new(cli_binary())
+        .args([
+            "backup",
+            "--source",
+            &servers.registry,
+            "--store",
+            &store_arg,
+            "--repository",
+            &repo_glob,
+            "-q",
+        ])
+        .spawn()
+        .unwrap();
+    // Wait until a temporary file is being written and has some bytes, then SIGKILL.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut killed_mid_blob = false;
+    while std::time::Instant::now() < deadline {
+        let partial = std::fs::read_dir(store_dir.join("tmp"))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.metadata().is_ok_and(|m| m.len() > 4 * 1024 * 1024))
+            })
+            .unwrap_or(false);
+        if partial {
+            child.kill().unwrap();
+            killed_mid_blob = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.wait().unwrap();
+    assert!(
+        killed_mid_blob,
+        "the copy finished before it could be killed mid-layer"
+    );
+    assert_dir_store_consistent(&store_dir);
+
+    let (code, _, stderr) = run_cli(&[
+        "backup",
+        "--source",
+        &servers.registry,
+        "--store",
+        &store_arg,
+        "--repository",
+        &repo_glob,
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let blobs = assert_dir_store_consistent(&store_dir);
+    assert!(
+        blobs.len() >= 4,
+        "manifest, config and layers stored after the re-run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ecr_source_is_enumerated_through_the_ecr_api_with_token_login() {
+    let servers = TestServers::from_env();
+    let prefix = servers::unique_prefix("ecr");
+    let auth = servers.auth_client();
+    let repo = ecr_backup_tests::corpus::repository(&prefix, "svc").unwrap();
+    let tagged = push_image(
+        &auth,
+        &repo,
+        &["v1".parse().unwrap()],
+        &[random_layer(1, 4096)],
+        Format::Docker,
+    )
+    .await
+    .unwrap();
+    let untagged = push_image(&auth, &repo, &[], &[random_layer(2, 4096)], Format::Oci)
+        .await
+        .unwrap();
+
+    // Register the same images in the ECR API, with their real digests.
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&servers.moto)
+        .region(aws_config::Region::new("us-east-1"))
+        .load()
+        .await;
+    let ecr = aws_sdk_ecr::Client::new(&config);
+    ecr.create_repository()
+        .repository_name(repo.as_str())
+        .send()
+        .await
+        .unwrap();
+    for (image, tag) in [(&tagged, Some("v1")), (&untagged, None)] {
+        ecr.put_image()
+            .repository_name(repo.as_str())
+            .image_manifest(String::from_utf8(image.manifest_bytes.to_vec()).unwrap())
+            .image_manifest_media_type(&image.media_type)
+            .image_digest(image.digest.to_string())
+            .set_image_tag(tag.map(str::to_owned))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let api = ecr_backup::ecr::EcrApi::new(ecr, Some("123456789012".into()));
+    let registry = servers::registry_client(&servers.auth_registry, Credentials::Anonymous);
+    // Anonymous at first: the credentials come from GetAuthorizationToken.
+    let registry = ecr_backup::RegistryClient::new(
+        registry.url().clone(),
+        std::sync::Arc::new(ecr_backup::ecr::EcrCredentials::new(api.clone())),
+    )
+    .unwrap();
+    let source = ecr_backup::source::Source::from_parts(
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com".into(),
+        registry,
+        Some(api),
+    );
+    let (_dir, store) = dir_store().await;
+    let report = backup_source(&source, &prefix, &store).await;
+    assert!(report.is_success(), "{:?}", report.images_failed);
+    assert_eq!(report.images_copied, 2, "tagged and untagged images");
+    assert!(store
+        .image_record(&repo, &untagged.digest)
+        .await
+        .unwrap()
+        .is_some());
+    let record = store
+        .image_record(&repo, &tagged.digest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.source,
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_clear_error_naming_what_was_wrong() {
+    let servers = TestServers::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let store = store.to_str().unwrap();
+
+    let (code, _, err) = run_cli(&["backup", "--source", "http://127.0.0.1:9", "--store", store]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("127.0.0.1:9") && err.contains("cannot reach the registry"),
+        "{err}"
+    );
+
+    let (code, _, err) = run_cli(&[
+        "backup",
+        "--source",
+        &servers.auth_registry,
+        "--store",
+        store,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("authentication failed") && err.contains("requires credentials"),
+        "{err}"
+    );
+
+    let (code, _, err) = run_cli(&[
+        "backup",
+        "--source",
+        &servers.auth_registry,
+        "--credentials",
+        "AWS:wrong",
+        "--store",
+        store,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("credentials were refused"), "{err}");
+    assert!(!err.contains("wrong"), "the password is printed: {err}");
+
+    let (code, _, err) = run_cli(&[
+        "backup",
+        "--source",
+        &servers.registry,
+        "--store",
+        "gs://bucket/x",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown scheme \"gs\""), "{err}");
+}

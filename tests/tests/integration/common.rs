@@ -1,0 +1,184 @@
+//! Helpers shared by the integration tests: running a backup through the library or the
+//! CLI binary, S3 buckets on the test S3 server, and a store consistency check.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use ecr_backup::backup::{self, BackupReport, RunOptions};
+use ecr_backup::copy::{CopyEngine, CopyOptions};
+use ecr_backup::filter::ImageFilter;
+use ecr_backup::progress::NoProgress;
+use ecr_backup::registry::Credentials;
+use ecr_backup::source::Source;
+use ecr_backup::store::{Store, StoreLocation};
+use ecr_backup::Digest;
+use sha2::{Digest as _, Sha256};
+
+/// Backs up the repositories under `prefix` of `registry` into `store`.
+pub async fn backup_prefix(
+    registry: &str,
+    credentials: Option<Credentials>,
+    prefix: &str,
+    store: &Store,
+) -> BackupReport {
+    let source = Source::connect(registry, None, credentials)
+        .await
+        .expect("source");
+    backup_source(&source, prefix, store).await
+}
+
+/// Backs up the repositories under `prefix` of a connected source into `store`.
+pub async fn backup_source(source: &Source, prefix: &str, store: &Store) -> BackupReport {
+    let engine = CopyEngine::new(
+        source.registry().clone(),
+        store.clone(),
+        source.name().to_owned(),
+        CopyOptions::default(),
+        Arc::new(NoProgress),
+    );
+    let options = RunOptions {
+        filter: ImageFilter::new(&[format!("{}/**", prefix.trim_end_matches('/'))], &[], None)
+            .unwrap(),
+        image_concurrency: 4,
+    };
+    backup::run(source, &engine, &options, Arc::new(NoProgress))
+        .await
+        .expect("backup run")
+}
+
+/// A directory store in a fresh temporary directory (kept alive by the returned guard).
+pub async fn dir_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreLocation::Dir(dir.path().join("store"))).await;
+    (dir, store)
+}
+
+/// The S3 client of the test S3 server (path-style, dummy credentials).
+pub async fn s3_client(moto: &str) -> aws_sdk_s3::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(moto)
+        .region(aws_config::Region::new("us-east-1"))
+        .load()
+        .await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// A new bucket on the test S3 server, and a store in it under `prefix/`.
+pub async fn s3_store(moto: &str, name: &str) -> (aws_sdk_s3::Client, Store, String) {
+    let client = s3_client(moto).await;
+    let bucket = format!("{name}-{:08x}", rand::random::<u32>());
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
+    let location = ecr_backup::store::S3Location::parse(&format!("s3://{bucket}/backup")).unwrap();
+    let store = Store::new(Arc::new(ecr_backup::store::S3Backend::new(
+        client.clone(),
+        location,
+    )));
+    (client, store, bucket)
+}
+
+/// The built `ecr-backup` binary (the test command builds it before the tests run).
+pub fn cli_binary() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let binary = target.join("debug").join("ecr-backup");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it first with `cargo build -p ecr-backup-cli` (the README's test command does)",
+        binary.display()
+    );
+    binary
+}
+
+/// Runs the CLI; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(cli_binary())
+        .args(args)
+        .output()
+        .expect("run ecr-backup");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Checks a directory store by hand, without the project's reader: every blob hashes to
+/// its name, nothing partial is under `blobs/`, and every image record's manifests and
+/// blobs exist. Returns the set of blobs.
+pub fn assert_dir_store_consistent(root: &Path) -> BTreeSet<Digest> {
+    let mut blobs = BTreeSet::new();
+    let blob_dir = root.join("blobs/sha256");
+    if let Ok(entries) = std::fs::read_dir(&blob_dir) {
+        for entry in entries {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            let bytes = std::fs::read(entry.path()).unwrap();
+            let actual = hex::encode(Sha256::digest(&bytes));
+            assert_eq!(
+                actual, name,
+                "blob {name} does not hash to its name (partial or corrupt)"
+            );
+            blobs.insert(format!("sha256:{name}").parse().unwrap());
+        }
+    }
+    let mut stack = vec![root.join("repositories")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if !path.parent().is_some_and(|p| p.ends_with("_images")) {
+                continue;
+            }
+            let record: ecr_backup::records::ImageRecord =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            assert!(
+                blobs.contains(&record.digest),
+                "{} names missing manifest {}",
+                path.display(),
+                record.digest
+            );
+            for m in &record.manifests {
+                assert!(
+                    blobs.contains(&m.digest),
+                    "{} names missing manifest {}",
+                    path.display(),
+                    m.digest
+                );
+            }
+            for b in &record.blobs {
+                assert!(
+                    blobs.contains(&b.digest),
+                    "{} names missing blob {}",
+                    path.display(),
+                    b.digest
+                );
+                let size = std::fs::metadata(blob_dir.join(b.digest.hex()))
+                    .unwrap()
+                    .len();
+                assert_eq!(size, b.size, "{} size", b.digest);
+            }
+        }
+    }
+    blobs
+}
