@@ -44,6 +44,23 @@ impl FanoutContext {
     }
 }
 
+impl FanoutContext {
+    /// A context from parts (tests, other entry points).
+    pub fn new(
+        source: Source,
+        store: Store,
+        queue: SqsQueue,
+        config: FanoutConfig,
+    ) -> FanoutContext {
+        FanoutContext {
+            source,
+            store,
+            queue,
+            config,
+        }
+    }
+}
+
 /// Runs one fan-out with `remaining` time before the invocation's deadline.
 pub async fn handle(context: &FanoutContext, remaining: Duration) -> Result<FanoutReport> {
     let run = FanoutRun::start(context.config.filter.clone());

@@ -17,7 +17,7 @@ use crate::backup::{self, plan_repository, BackupError, Plan};
 use crate::filter::FilterSpec;
 use crate::message::{Message, Reason, MESSAGE_VERSION};
 use crate::names::RepositoryName;
-use crate::queue::{QueueError, SqsQueue};
+use crate::queue::{QueueError, SqsQueue, SEND_BATCH_SIZE};
 use crate::records::Snapshot;
 use crate::source::{Source, SourceError, SourceImage};
 use crate::store::{Store, StoreError};
@@ -163,25 +163,35 @@ pub async fn fan_out(
         })
         .buffered(REPOSITORY_CONCURRENCY);
 
+    // Messages wait here until ten are ready, so batches are full across repositories.
+    let mut pending: Vec<Message> = Vec::new();
     let mut last_done: Option<RepositoryName> = None;
     while let Some(listing) = listings.next().await {
         let (repo, images, known): (RepositoryName, Vec<SourceImage>, _) = listing?;
         report.repositories += 1;
         report.images_seen += images.len() as u64;
         plan_repository(&mut plan, &filter, &repo, images, &known, run.taken_at);
-        let messages: Vec<Message> = plan
-            .work
-            .drain(..)
-            .map(|request| Message::copy(&request, Reason::Schedule, Some(run.run_id.clone())))
-            .collect();
-        queue.send(&messages).await?;
-        report.images_enqueued += messages.len() as u64;
+        for request in plan.work.drain(..) {
+            pending.push(Message::copy(
+                &request,
+                Reason::Schedule,
+                Some(run.run_id.clone()),
+            ));
+        }
+        let full = pending.len() - pending.len() % SEND_BATCH_SIZE;
+        if full > 0 {
+            queue.send(&pending[..full]).await?;
+            report.images_enqueued += full as u64;
+            pending.drain(..full);
+        }
         last_done = Some(repo);
         if started.elapsed() >= budget {
             break;
         }
     }
     drop(listings);
+    queue.send(&pending).await?;
+    report.images_enqueued += pending.len() as u64;
 
     let unfinished = last_done
         .as_ref()

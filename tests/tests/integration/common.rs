@@ -182,3 +182,17 @@ pub fn assert_dir_store_consistent(root: &Path) -> BTreeSet<Digest> {
     }
     blobs
 }
+
+/// Runs the CLI with extra environment variables; returns (exit code, stdout, stderr).
+pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(cli_binary())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ecr-backup");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
