@@ -37,7 +37,7 @@ step "Infrastructure templates"
 bash infra/check.sh
 
 step "Lambda release build (arm64)"
-cargo lambda build --release --arm64
+cargo lambda build --release --arm64 --bin ecr-backup-fanout --bin ecr-backup-worker
 for function in ecr-backup-fanout ecr-backup-worker; do
     artefact=target/lambda/$function/bootstrap
     test -x "$artefact" || { echo "missing $artefact" >&2; exit 1; }
