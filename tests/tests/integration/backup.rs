@@ -397,3 +397,55 @@ async fn bad_input_gets_a_clear_error_naming_what_was_wrong() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("unknown scheme \"gs\""), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skopeo_restores_from_the_directory_store_itself_with_digests_unchanged() {
+    let servers = TestServers::from_env();
+    let prefix = servers::unique_prefix("skopeo");
+    let mut options = CorpusOptions::new(&prefix);
+    options.big_layer_mib = 0;
+    let corpus = push_corpus(&servers.source_client(), &options)
+        .await
+        .unwrap();
+    let (dir, store) = dir_store().await;
+    assert!(backup_prefix(&servers.registry, None, &prefix, &store)
+        .await
+        .is_success());
+    let store_dir = dir.path().join("store");
+    let home = dir.path().join("skopeo");
+    let target = servers.target_registry.trim_start_matches("http://");
+    // A single-arch OCI image and the multi-arch OCI index (--all). skopeo 1.9 does not
+    // see Docker-typed entries of an index.json (`ecr-backup restore` handles those).
+    for (repo, tag, all) in [
+        ("app", "v1.0", false),
+        ("app", "release-2", false),
+        ("multi", "v1", true),
+    ] {
+        let full = ecr_backup_tests::corpus::repository(&prefix, repo).unwrap();
+        let image = corpus
+            .image(full.as_str(), tag)
+            .unwrap_or_else(|| panic!("{repo}:{tag} in corpus"));
+        let source = format!("oci:{}:{}:{}", store_dir.display(), image.repository, tag);
+        let dest = format!("docker://{target}/{}-restored:{tag}", image.repository);
+        let mut args = vec!["copy", "--dest-tls-verify=false", "--preserve-digests"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([source.as_str(), dest.as_str()]);
+        let out = skopeo(&home, &args);
+        assert!(
+            out.status.success(),
+            "skopeo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let restored: ecr_backup::RepositoryName =
+            format!("{}-restored", image.repository).parse().unwrap();
+        let head = servers
+            .target_client()
+            .head_manifest(&restored, tag)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.digest, image.digest, "{repo}:{tag} restored by skopeo");
+    }
+}

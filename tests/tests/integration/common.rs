@@ -196,3 +196,25 @@ pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String)
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// skopeo with its own private state, so runs never share a cache or a lock.
+pub fn skopeo(home: &Path, args: &[&str]) -> std::process::Output {
+    for d in ["data", "run", "config"] {
+        std::fs::create_dir_all(home.join(d)).expect("skopeo state directory");
+    }
+    let output = Command::new("skopeo")
+        .env("_CONTAINERS_ROOTLESS_UID", "1000")
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_RUNTIME_DIR", home.join("run"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .args(args)
+        .output()
+        .expect("skopeo is installed (tests/scripts/setup.sh)");
+    eprintln!(
+        "skopeo {args:?} exited {:?}\n{}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}

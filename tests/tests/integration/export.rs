@@ -2,7 +2,7 @@
 //! docker archive whose files match the manifest, and refusals that leave no output.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 use ecr_backup::export::{self, ExportError, ExportFormat, ExportOptions, ImageReference};
@@ -10,29 +10,8 @@ use ecr_backup::inventory::PointInTime;
 use ecr_backup::{Digest, RepositoryName};
 use serde_json::Value;
 
+use crate::common::skopeo;
 use crate::restore::{cli, run_cli, Fixture};
-
-/// skopeo with its own private state, so runs never share a cache or a lock.
-fn skopeo(home: &Path, args: &[&str]) -> Output {
-    for d in ["data", "run", "config"] {
-        std::fs::create_dir_all(home.join(d)).expect("skopeo state directory");
-    }
-    let output = Command::new("skopeo")
-        .env("_CONTAINERS_ROOTLESS_UID", "1000")
-        .env("XDG_DATA_HOME", home.join("data"))
-        .env("XDG_RUNTIME_DIR", home.join("run"))
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .args(args)
-        .output()
-        .expect("skopeo is installed (tests/scripts/setup.sh)");
-    eprintln!(
-        "skopeo {args:?} exited {:?}\n{}{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
 
 fn options(format: ExportFormat, output: &Path) -> ExportOptions {
     ExportOptions {
