@@ -87,21 +87,31 @@ pub async fn s3_store(moto: &str, name: &str) -> (aws_sdk_s3::Client, Store, Str
     (client, store, bucket)
 }
 
-/// The built `ecr-backup` binary (the test command builds it before the tests run).
+/// The `ecr-backup` binary, built once per test run so it is never stale.
 pub fn cli_binary() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let binary = target.join("debug").join("ecr-backup");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it first with `cargo build -p ecr-backup-cli` (the README's test command does)",
-        binary.display()
-    );
-    binary
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("the tests crate sits in the workspace")
+                .to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "ecr-backup-cli"])
+                .current_dir(&root)
+                .status()
+                .expect("running cargo build -p ecr-backup-cli");
+            assert!(status.success(), "cargo build -p ecr-backup-cli failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .map(|t| if t.is_absolute() { t } else { root.join(t) })
+                .unwrap_or_else(|| root.join("target"));
+            let binary = target.join("debug/ecr-backup");
+            assert!(binary.exists(), "{} was not built", binary.display());
+            binary
+        })
+        .clone()
 }
 
 /// Runs the CLI; returns (exit code, stdout, stderr).

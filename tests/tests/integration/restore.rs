@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -163,30 +163,9 @@ pub fn plain_target(url: &str) -> Target {
     Target::from_parts(client.name(), client, None)
 }
 
-/// The CLI binary, built once per test run so it is never stale.
+/// The CLI, with no store taken from the environment.
 pub fn cli() -> Command {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    let binary = BINARY.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("the tests crate sits in the workspace")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "ecr-backup-cli"])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build -p ecr-backup-cli");
-        assert!(status.success(), "cargo build -p ecr-backup-cli failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|t| if t.is_absolute() { t } else { root.join(t) })
-            .unwrap_or_else(|| root.join("target"));
-        let binary = target.join("debug/ecr-backup");
-        assert!(binary.exists(), "{} was not built", binary.display());
-        binary
-    });
-    let mut command = Command::new(binary);
+    let mut command = Command::new(crate::common::cli_binary());
     command.env_remove("ECR_BACKUP_STORE");
     command
 }
