@@ -391,7 +391,9 @@ pub async fn rebuild_index(store: &Store) -> Result<(), StoreError> {
     let catalog = store.catalog(None).await?;
     let view = tag_view(store, &catalog, None).await?;
     let mut refs = Vec::new();
-    let mut cache: HashMap<(RepositoryName, Digest), Option<(String, u64)>> = HashMap::new();
+    // Manifests already in the index need no record read: a run costs a GET per new
+    // image, not per image.
+    let mut known: HashMap<Digest, (String, u64)> = store.indexed_manifests().await?;
     for ((repo, tag), digest) in view {
         if !catalog
             .get(&repo)
@@ -399,12 +401,12 @@ pub async fn rebuild_index(store: &Store) -> Result<(), StoreError> {
         {
             continue;
         }
-        let key = (repo.clone(), digest.clone());
-        if !cache.contains_key(&key) {
-            let record = store.image_record(&repo, &digest).await?;
-            cache.insert(key.clone(), record.map(|r| (r.media_type, r.size)));
+        if !known.contains_key(&digest) {
+            if let Some(record) = store.image_record(&repo, &digest).await? {
+                known.insert(digest.clone(), (record.media_type, record.size));
+            }
         }
-        if let Some(Some((media_type, size))) = cache.get(&key) {
+        if let Some((media_type, size)) = known.get(&digest) {
             refs.push(IndexRef {
                 repository: repo,
                 tag,

@@ -1,6 +1,6 @@
 //! [`Store`]: the backup repository laid out on a [`Backend`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -311,6 +311,34 @@ impl Store {
             return Ok(None);
         }
         self.read_json(&Layout::snapshot(id)).await
+    }
+
+    /// Media type and size of every manifest the current `index.json` names; empty when
+    /// it is missing or unreadable (it is derived data, rebuilt from the records).
+    pub async fn indexed_manifests(&self) -> Result<HashMap<Digest, (String, u64)>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            #[serde(default)]
+            manifests: Vec<Entry>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            #[serde(rename = "mediaType")]
+            media_type: String,
+            digest: Digest,
+            size: u64,
+        }
+        let Some(bytes) = self.backend.read(layout::INDEX_JSON).await? else {
+            return Ok(HashMap::new());
+        };
+        let index: Index = serde_json::from_slice(&bytes).unwrap_or(Index {
+            manifests: Vec::new(),
+        });
+        Ok(index
+            .manifests
+            .into_iter()
+            .map(|e| (e.digest, (e.media_type, e.size)))
+            .collect())
     }
 
     /// Rewrites the root `index.json` so stock OCI tools see `REPOSITORY:TAG` refs.
