@@ -69,24 +69,10 @@ pub struct FanoutConfig {
 impl FanoutConfig {
     /// Reads `ECR_BACKUP_STORE`, `ECR_BACKUP_QUEUE_URL` and the filters.
     pub fn from_env() -> Result<FanoutConfig, ConfigError> {
-        let filter = FilterSpec::from_lists(
-            &optional(REPOSITORIES).unwrap_or_default(),
-            &optional(EXCLUDE_REPOSITORIES).unwrap_or_default(),
-            &optional(TAG_PATTERN).unwrap_or_default(),
-        );
-        // Compile once now so a bad pattern fails the start-up, naming the variable.
-        filter.compile().map_err(|e| ConfigError {
-            name: if e.to_string().contains("tag pattern") {
-                TAG_PATTERN
-            } else {
-                REPOSITORIES
-            },
-            reason: e.to_string(),
-        })?;
         Ok(FanoutConfig {
             store: store(STORE)?,
             queue_url: required(QUEUE_URL)?,
-            filter,
+            filter: filter_from_env()?,
             registry_endpoint: optional(REGISTRY_ENDPOINT),
         })
     }
@@ -103,6 +89,8 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Data-plane override.
     pub registry_endpoint: Option<String>,
+    /// The same selection as the fan-out's, applied to push events.
+    pub filter: FilterSpec,
 }
 
 impl WorkerConfig {
@@ -124,6 +112,25 @@ impl WorkerConfig {
             queue_url: required(QUEUE_URL)?,
             concurrency,
             registry_endpoint: optional(REGISTRY_ENDPOINT),
+            filter: filter_from_env()?,
         })
     }
+}
+
+/// The repository and tag selection, compiled once so a bad pattern fails the start-up,
+/// naming its variable.
+fn filter_from_env() -> Result<FilterSpec, ConfigError> {
+    let filter = FilterSpec::from_lists(
+        &optional(REPOSITORIES).unwrap_or_default(),
+        &optional(EXCLUDE_REPOSITORIES).unwrap_or_default(),
+        &optional(TAG_PATTERN).unwrap_or_default(),
+    );
+    filter.compile().map_err(|e| ConfigError {
+        name: match e {
+            crate::filter::FilterError::Regex { .. } => TAG_PATTERN,
+            crate::filter::FilterError::Glob { .. } => REPOSITORIES,
+        },
+        reason: e.to_string(),
+    })?;
+    Ok(filter)
 }

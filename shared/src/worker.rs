@@ -14,7 +14,8 @@ use tracing::Instrument;
 use crate::backup::error_chain;
 use crate::copy::{CopyEngine, CopyError, ImageOutcome};
 use crate::fanout::{fan_out, FanoutError, FanoutReport, FanoutRun};
-use crate::message::{self, MessageError, Task};
+use crate::filter::ImageFilter;
+use crate::message::{self, MessageError, Reason, Task};
 use crate::queue::{
     OutgoingMessage, QueueError, SqsQueue, ERROR_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE,
 };
@@ -77,6 +78,7 @@ pub struct Worker {
     source: Source,
     queue: SqsQueue,
     dead_letter: Option<(u32, SqsQueue)>,
+    filter: ImageFilter,
 }
 
 /// One queue message of a batch.
@@ -125,7 +127,14 @@ impl Worker {
             source,
             queue,
             dead_letter,
+            filter: ImageFilter::default(),
         }
+    }
+
+    /// Applies the fan-out's repository and tag selection to push events too.
+    pub fn with_filter(mut self, filter: ImageFilter) -> Worker {
+        self.filter = filter;
+        self
     }
 
     /// The copy engine (for its counters).
@@ -136,7 +145,28 @@ impl Worker {
     /// Runs the task of one message body.
     pub async fn run_task(&self, body: &str) -> Result<TaskOutcome, TaskError> {
         match message::parse(body)? {
-            Task::Copy { request, reason } => {
+            Task::Copy {
+                mut request,
+                reason,
+            } => {
+                if reason == Reason::Push {
+                    // The push rule sees every repository; the selection applies here.
+                    if !self.filter.repository(&request.repository) {
+                        return Ok(TaskOutcome::Ignored(format!(
+                            "{} is not selected for backup",
+                            request.repository
+                        )));
+                    }
+                    match self.filter.select_tags(&request.tags) {
+                        Some(tags) => request.tags = tags,
+                        None => {
+                            return Ok(TaskOutcome::Ignored(format!(
+                                "no selected tag on {}@{}",
+                                request.repository, request.digest
+                            )))
+                        }
+                    }
+                }
                 tracing::info!(repository = %request.repository, digest = %request.digest, ?reason, "copying image");
                 match self.engine.copy_image(&request, None).await {
                     Ok(ImageOutcome::Copied) => Ok(TaskOutcome::Copied),

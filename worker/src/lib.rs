@@ -61,7 +61,10 @@ impl WorkerContext {
             Arc::new(NoProgress),
         );
         Ok(WorkerContext {
-            worker: Arc::new(Worker::new(engine, source, queue, dead_letter)),
+            worker: Arc::new(
+                Worker::new(engine, source, queue, dead_letter)
+                    .with_filter(config.filter.compile()?),
+            ),
             concurrency: config.concurrency,
         })
     }

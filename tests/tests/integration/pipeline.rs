@@ -124,6 +124,19 @@ impl Pipeline {
         }
     }
 
+    /// A worker on the same queues and store, with a repository and tag selection.
+    fn worker_with_filter(&self, filter: &FilterSpec) -> Worker {
+        let engine = CopyEngine::new(
+            self.source.registry().clone(),
+            self.store.clone(),
+            ECR_HOST.into(),
+            CopyOptions::default(),
+            Arc::new(NoProgress),
+        );
+        Worker::new(engine, self.source.clone(), self.queue.clone(), None)
+            .with_filter(filter.compile().unwrap())
+    }
+
     fn repo(&self, name: &str) -> RepositoryName {
         repository(&self.prefix, name).unwrap()
     }
@@ -585,4 +598,46 @@ async fn one_malformed_record_fails_alone_lands_in_the_dlq_with_its_error_and_re
     assert!(!back[0]
         .attributes
         .contains_key(ecr_backup::queue::ERROR_ATTRIBUTE));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_events_obey_the_same_repository_and_tag_selection_as_the_fanout() {
+    let p = Pipeline::new("selection").await;
+    let kept = p.repo("kept");
+    let skipped = p.repo("scratch");
+    let a = p.push(&kept, &["v1"], 31, Format::Oci).await;
+    let b = p.push(&kept, &["dev-1"], 32, Format::Oci).await;
+    let c = p.push(&skipped, &["v1"], 33, Format::Oci).await;
+    let filter = FilterSpec {
+        repositories: vec![format!("{}/**", p.prefix.trim_end_matches('/'))],
+        exclude_repositories: vec![format!("{}/scratch", p.prefix.trim_end_matches('/'))],
+        tag: Some("v[0-9]+".into()),
+    };
+    let worker = p.worker_with_filter(&filter);
+    for (repo, image, tag) in [
+        (&kept, &a, "v1"),
+        (&kept, &b, "dev-1"),
+        (&skipped, &c, "v1"),
+    ] {
+        let outcome = worker
+            .run_task(&push_event("PUSH", repo, &image.digest, tag))
+            .await
+            .unwrap();
+        let stored = p
+            .store
+            .image_record(repo, &image.digest)
+            .await
+            .unwrap()
+            .is_some();
+        match tag {
+            "v1" if repo == &kept => assert!(stored, "{outcome:?}"),
+            _ => {
+                assert!(!stored, "{repo}:{tag} should be left out");
+                assert!(
+                    matches!(outcome, ecr_backup::worker::TaskOutcome::Ignored(_)),
+                    "{outcome:?}"
+                );
+            }
+        }
+    }
 }
