@@ -13,7 +13,7 @@
 //! in `docs/format.md`. Queue [`message`]s carry the same work between the fan-out and
 //! worker Lambdas.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod aws;
 pub mod backup;
