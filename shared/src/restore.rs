@@ -25,14 +25,14 @@ use tokio::sync::Semaphore;
 
 use crate::backup::error_chain;
 use crate::digest::{Digest, DigestError, DigestVerifier};
-use crate::ecr::{EcrApi, EcrError};
+use crate::ecr::EcrError;
 use crate::filter::ImageFilter;
 use crate::inventory::{self, InventoryError, PointInTime, TagView};
 use crate::names::{NameError, RepositoryName, Tag};
 use crate::progress::Reporter;
 use crate::records::{BlobRef, ImageRecord};
-use crate::registry::{Credentials, RegistryClient, RegistryError, RetryPolicy};
-use crate::source::{Source, SourceError};
+use crate::registry::{RegistryError, RetryPolicy};
+use crate::source::Source;
 use crate::store::{ByteStream, Store, StoreError};
 
 /// ECR repositories created at once.
@@ -44,15 +44,6 @@ pub enum RestoreError {
     /// Reading the store, or resolving `--as-of`/`--snapshot`, failed.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
-    /// The target registry could not be set up.
-    #[error("connecting to target registry {target}: {source}")]
-    Connect {
-        /// The target as given.
-        target: String,
-        /// What failed.
-        #[source]
-        source: SourceError,
-    },
     /// The target registry refused the connection or the credentials.
     #[error("target registry {target} is not usable: {source}")]
     Target {
@@ -135,60 +126,9 @@ pub enum ImageError {
     },
 }
 
-/// A registry to restore into: its data-plane client and, for ECR, its API (used to create
-/// repositories, which ECR does not do on push).
-#[derive(Debug, Clone)]
-pub struct Target {
-    name: String,
-    registry: RegistryClient,
-    ecr: Option<EcrApi>,
-}
-
-impl Target {
-    /// Connects to `spec` as [`Source::connect`] does: an ECR host logs in with ECR tokens
-    /// (unless `credentials` are given) and `endpoint` overrides where its data plane is.
-    pub async fn connect(
-        spec: &str,
-        endpoint: Option<&str>,
-        credentials: Option<Credentials>,
-    ) -> Result<Target, RestoreError> {
-        let source = Source::connect(spec, endpoint, credentials)
-            .await
-            .map_err(|source| RestoreError::Connect {
-                target: spec.to_owned(),
-                source,
-            })?;
-        Ok(Target::from_parts(
-            source.name().to_owned(),
-            source.registry().clone(),
-            source.ecr().cloned(),
-        ))
-    }
-
-    /// A target from parts already built (tests, other engines).
-    pub fn from_parts(name: String, registry: RegistryClient, ecr: Option<EcrApi>) -> Target {
-        Target {
-            name,
-            registry,
-            ecr,
-        }
-    }
-
-    /// The registry's name as given.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The data-plane client.
-    pub fn registry(&self) -> &RegistryClient {
-        &self.registry
-    }
-
-    /// The ECR API, when the target is ECR.
-    pub fn ecr(&self) -> Option<&EcrApi> {
-        self.ecr.as_ref()
-    }
-}
+/// A registry to restore into: the same as a source (data-plane client and, for ECR, its
+/// API, used here to create repositories, which ECR does not do on push).
+pub type Target = Source;
 
 /// `--rename OLD_PREFIX=NEW_PREFIX`: repositories starting with `OLD_PREFIX` are restored
 /// under `NEW_PREFIX` instead; others keep their names.
@@ -384,11 +324,11 @@ pub async fn run(
     let started = Instant::now();
     store.ensure_exists().await?;
     target
-        .registry
+        .registry()
         .ping()
         .await
         .map_err(|source| RestoreError::Target {
-            target: target.name.clone(),
+            target: target.name().to_owned(),
             source,
         })?;
     let catalog = store.catalog(None).await?;
@@ -434,10 +374,10 @@ pub async fn run(
         .await;
 
     let stats = &engine.stats;
-    let registry = target.registry.stats();
+    let registry = target.registry().stats();
     let mut report = RestoreReport {
         store: store.location(),
-        target: target.name.clone(),
+        target: target.name().to_owned(),
         point: options.point.to_string(),
         snapshot: view.snapshot.as_ref().map(|s| s.id.clone()),
         images_restored: 0,
@@ -480,7 +420,7 @@ async fn create_repositories(
     target: &Target,
     images: &[RestoreImage],
 ) -> (Vec<RepositoryName>, HashMap<RepositoryName, Arc<EcrError>>) {
-    let Some(api) = &target.ecr else {
+    let Some(api) = target.ecr() else {
         return (Vec::new(), HashMap::new());
     };
     let repos: BTreeSet<&RepositoryName> = images.iter().map(|i| &i.target_repository).collect();
@@ -594,7 +534,7 @@ impl Engine<'_> {
                 repository: repo.clone(),
                 digest: digest.clone(),
             })?;
-        let registry = &self.target.registry;
+        let registry = self.target.registry();
 
         // A registry accepts a manifest only once what it references is there, so an image
         // whose manifests exist needs no blob HEADs.
@@ -704,7 +644,7 @@ impl Engine<'_> {
     ) -> Result<(), RegistryError> {
         let size = bytes.len() as u64;
         self.target
-            .registry
+            .registry()
             .put_manifest(repo, reference, media_type, bytes)
             .await?;
         if reference.starts_with("sha256:") {
@@ -763,7 +703,7 @@ impl Engine<'_> {
         let digest = &blob.digest;
         let placement = self.placement(digest);
         let mut known = placement.lock().await;
-        let registry = &self.target.registry;
+        let registry = self.target.registry();
         let outcome = if known.contains(repo) {
             Placed::Present
         } else {
@@ -805,7 +745,12 @@ impl Engine<'_> {
         from: &[RepositoryName],
     ) -> Result<bool, BlobError> {
         for source in from {
-            match self.target.registry.mount_blob(repo, digest, source).await {
+            match self
+                .target
+                .registry()
+                .mount_blob(repo, digest, source)
+                .await
+            {
                 Ok(true) => return Ok(true),
                 Ok(false) => {}
                 // A registry without mounts, or a repository we may not read: upload instead.
@@ -843,7 +788,7 @@ impl Engine<'_> {
                 VerifiedStream::new(Box::pin(counted), digest.clone(), Some(size));
             match self
                 .target
-                .registry
+                .registry()
                 .push_blob(repo, digest, size, Box::pin(verified))
                 .await
             {

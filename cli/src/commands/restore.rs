@@ -79,8 +79,9 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         None => None,
     };
     let store = Store::open(&StoreLocation::parse(&args.store)?).await;
-    let target =
-        Target::connect(&args.target, args.target_endpoint.as_deref(), credentials).await?;
+    let target = Target::connect(&args.target, args.target_endpoint.as_deref(), credentials)
+        .await
+        .with_context(|| format!("connecting to target registry {}", args.target))?;
 
     let bar = Arc::new(Bar::new(global.show_progress(args.json), "restoring"));
     let options = RestoreOptions {
