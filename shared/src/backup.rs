@@ -196,7 +196,7 @@ pub struct BackupReport {
     pub registry_requests: u64,
     /// Blob downloads started.
     pub blob_gets: u64,
-    /// Retried requests and transfers.
+    /// Retried requests and transfers: registry requests, blob transfers, store requests.
     pub retries: u64,
     /// Wall time, in seconds.
     pub elapsed_seconds: f64,
@@ -227,6 +227,7 @@ pub async fn run(
 ) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
     let store = engine.store();
+    let store_retries = store.backend().retries();
     store.init().await?;
     let catalog = store.catalog(None).await?;
     let plan = plan(source, &options.filter, &catalog).await?;
@@ -294,8 +295,9 @@ pub async fn run(
     report.bytes_skipped = stats.bytes_skipped.load(Ordering::Relaxed);
     report.registry_requests = registry.requests.load(Ordering::Relaxed);
     report.blob_gets = registry.blob_gets.load(Ordering::Relaxed);
-    report.retries =
-        registry.retries.load(Ordering::Relaxed) + stats.blob_retries.load(Ordering::Relaxed);
+    report.retries = registry.retries.load(Ordering::Relaxed)
+        + stats.blob_retries.load(Ordering::Relaxed)
+        + (store.backend().retries() - store_retries);
     report.elapsed_seconds = round_ms(started.elapsed());
     report
         .images_failed

@@ -180,6 +180,7 @@ pub struct CopyEngine {
     options: CopyOptions,
     permits: Arc<Semaphore>,
     in_flight: Arc<InFlight>,
+    known: Arc<KnownBlobs>,
     reporter: Arc<dyn Reporter>,
     stats: Arc<CopyStats>,
 }
@@ -208,6 +209,29 @@ impl InFlight {
     }
 }
 
+/// Blobs this engine found in the store or wrote, with their sizes, so that a layer
+/// shared by many images is looked up once per engine rather than once per image (many
+/// corpus: 2 of the 4 store lookups per image, see docs/performance.md). Nothing deletes
+/// from a store, so an entry never goes stale.
+#[derive(Default)]
+struct KnownBlobs(std::sync::Mutex<std::collections::HashMap<Digest, u64>>);
+
+/// Entries kept at most (about 150 bytes each).
+const KNOWN_BLOBS_MAX: usize = 100_000;
+
+impl KnownBlobs {
+    fn size(&self, digest: &Digest) -> Option<u64> {
+        self.0.lock().expect("known blobs").get(digest).copied()
+    }
+
+    fn insert(&self, digest: &Digest, size: u64) {
+        let mut map = self.0.lock().expect("known blobs");
+        if map.len() < KNOWN_BLOBS_MAX {
+            map.insert(digest.clone(), size);
+        }
+    }
+}
+
 /// A manifest fetched while walking an image, kept until its children are stored.
 struct WalkedManifest {
     digest: Digest,
@@ -231,6 +255,7 @@ impl CopyEngine {
             source_name,
             permits: Arc::new(Semaphore::new(options.blob_concurrency.max(1))),
             in_flight: Arc::default(),
+            known: Arc::default(),
             options,
             reporter,
             stats: Arc::default(),
@@ -352,12 +377,18 @@ impl CopyEngine {
         let mut seen = HashSet::new();
         let mut subject = None;
         while let Some((manifest_digest, declared_type, platform, depth)) = queue.pop() {
-            if depth > MAX_INDEX_DEPTH || !seen.insert(manifest_digest.clone()) {
+            if depth > MAX_INDEX_DEPTH {
                 return Err(CopyError::TooDeep {
                     repository: repo.clone(),
                     digest: digest.clone(),
                     at: manifest_digest,
                 });
+            }
+            // A manifest named twice (one manifest for two platforms, indexes sharing a
+            // child) is walked once. No cycle can be built from verified digests, and the
+            // depth limit bounds the walk whatever the input.
+            if !seen.insert(manifest_digest.clone()) {
+                continue;
             }
             let (bytes, header_type) =
                 self.fetch_manifest(repo, &manifest_digest)
@@ -406,10 +437,17 @@ impl CopyEngine {
         let blob_list: Vec<BlobRef> = blobs.into_values().collect();
         // Owned items: closures over borrowed ones are not `Send` for every lifetime,
         // which a spawned worker task needs.
+        // Each blob runs on its own task: hashing is the main CPU cost of a transfer, and
+        // on one task every blob of every image was hashed on one core (big image: 1.34 s
+        // on 2 cores before, see docs/performance.md).
         let sizes: Vec<u64> = futures::stream::iter(blob_list.clone())
-            .map(|b| async move {
-                self.copy_blob(repo, &b.digest, (b.size > 0).then_some(b.size))
-                    .await
+            .map(|b| {
+                let (engine, repo) = (self.clone(), repo.clone());
+                on_own_task(async move {
+                    engine
+                        .copy_blob(&repo, &b.digest, (b.size > 0).then_some(b.size))
+                        .await
+                })
             })
             .buffered(self.options.blob_concurrency.max(1))
             .try_collect()
@@ -501,29 +539,46 @@ impl CopyEngine {
         digest: &Digest,
         size: Option<u64>,
     ) -> Result<u64, FetchError> {
+        if let Some(stored) = self.known.size(digest) {
+            self.count(WriteOutcome::AlreadyExists, stored);
+            return Ok(stored);
+        }
         if let Some(stored) = self
             .store
             .blob_size(digest)
             .await
             .map_err(FetchError::Store)?
         {
+            self.known.insert(digest, stored);
             self.count(WriteOutcome::AlreadyExists, stored);
             return Ok(stored);
         }
         let lock = self.in_flight.lock_for(digest);
         let result = async {
-            let _guard = lock.lock().await;
-            // Another image may have copied it while this one waited.
-            if let Some(stored) = self
-                .store
-                .blob_size(digest)
-                .await
-                .map_err(FetchError::Store)?
-            {
-                self.count(WriteOutcome::AlreadyExists, stored);
-                return Ok(stored);
-            }
-            self.transfer_blob(repo, digest, size).await
+            // Another image may have copied it while this one waited: look again then,
+            // and only then (an S3 HEAD per new blob saved, see docs/performance.md).
+            let _guard = match lock.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => {
+                    let guard = lock.lock().await;
+                    let stored = match self.known.size(digest) {
+                        Some(stored) => Some(stored),
+                        None => self
+                            .store
+                            .blob_size(digest)
+                            .await
+                            .map_err(FetchError::Store)?,
+                    };
+                    if let Some(stored) = stored {
+                        self.count(WriteOutcome::AlreadyExists, stored);
+                        return Ok(stored);
+                    }
+                    guard
+                }
+            };
+            let stored = self.transfer_blob(repo, digest, size).await?;
+            self.known.insert(digest, stored);
+            Ok(stored)
         }
         .await;
         self.in_flight.release(digest, lock);
@@ -600,6 +655,26 @@ impl CopyEngine {
             Box::pin(self.copy_image_at_depth(&child, None, depth + 1)).await?;
         }
         Ok(())
+    }
+}
+
+/// Runs `future` on a task of its own, so that it may run on another worker thread; the
+/// task is aborted when the returned future is dropped (an image failing on another blob),
+/// as the future itself would have been, and a panic in it is passed on.
+async fn on_own_task<T: Send + 'static>(
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(tokio::spawn(future));
+    match (&mut task.0).await {
+        Ok(value) => value,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => unreachable!("a blob task is only cancelled with its caller: {e}"),
     }
 }
 

@@ -228,10 +228,7 @@ impl EcrApi {
 
     /// The registry's data-plane URL (`https://<account>.dkr.ecr.<region>.amazonaws.com`).
     pub async fn proxy_endpoint(&self) -> Result<String, EcrError> {
-        let out = self
-            .client
-            .get_authorization_token()
-            .send()
+        let out = quietly(self.client.get_authorization_token().send())
             .await
             .map_err(|e| call_error("GetAuthorizationToken", &self.registry(), e))?;
         out.authorization_data()
@@ -247,10 +244,7 @@ impl EcrApi {
 
     /// A registry login from `GetAuthorizationToken`, and how long it stays valid.
     async fn login(&self) -> Result<(Credentials, Duration), EcrError> {
-        let out = self
-            .client
-            .get_authorization_token()
-            .send()
+        let out = quietly(self.client.get_authorization_token().send())
             .await
             .map_err(|e| call_error("GetAuthorizationToken", &self.registry(), e))?;
         let invalid = |reason: &str| EcrError::Invalid {
@@ -286,6 +280,15 @@ impl EcrApi {
             });
         Ok((credentials, lifetime))
     }
+}
+
+/// Runs a `GetAuthorizationToken` call with tracing silenced. At trace level the SDK logs
+/// whole response bodies and outputs, and this one holds a registry password that the ECR
+/// model does not mark sensitive, so the SDK would print it.
+async fn quietly<F: std::future::Future>(call: F) -> F::Output {
+    use tracing::instrument::WithSubscriber;
+    call.with_subscriber(tracing::subscriber::NoSubscriber::default())
+        .await
 }
 
 /// Registry credentials from ECR tokens, fetched on first use and again before they expire.

@@ -319,4 +319,97 @@ mod tests {
             Err(ManifestError::UnknownType { .. })
         ));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A digest as a manifest might carry it: valid, or anything printable.
+        fn any_digest() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-f0-9]{64}".prop_map(|h| format!("sha256:{h}")),
+                "[ -~]{0,80}",
+                Just("sha256:../../etc/passwd".to_owned()),
+            ]
+        }
+
+        fn any_type() -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                Just(None),
+                Just(Some(OCI_MANIFEST.to_owned())),
+                Just(Some(OCI_INDEX.to_owned())),
+                Just(Some(DOCKER_SCHEMA1.to_owned())),
+                "[ -~]{0,40}".prop_map(Some),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn parse_never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = parse(&Digest::of(&bytes), &bytes, None);
+            }
+
+            #[test]
+            fn parse_never_panics_on_any_text(text in "\\PC{0,600}") {
+                let _ = parse(&Digest::of(text.as_bytes()), text.as_bytes(), Some(OCI_MANIFEST));
+            }
+
+            /// Near-manifests: every field a manifest can have, valid or not. Whatever
+            /// parses references only digests it was given, valid ones, each blob once.
+            #[test]
+            fn what_parses_references_only_valid_given_digests(
+                media_type in any_type(),
+                header in any_type(),
+                schema in proptest::option::of(0u32..4),
+                config in proptest::option::of(any_digest()),
+                layers in proptest::collection::vec(any_digest(), 0..5),
+                children in proptest::collection::vec(any_digest(), 0..4),
+                fs_layers in proptest::collection::vec(any_digest(), 0..3),
+                size in proptest::option::of(any::<u64>()),
+            ) {
+                let descriptor = |d: &String| serde_json::json!({"mediaType": "x", "digest": d, "size": size});
+                let mut value = serde_json::json!({
+                    "layers": layers.iter().map(descriptor).collect::<Vec<_>>(),
+                    "manifests": children.iter().map(|d| serde_json::json!({"digest": d, "size": size,
+                        "platform": {"os": "linux", "architecture": "arm64"}})).collect::<Vec<_>>(),
+                    "fsLayers": fs_layers.iter().map(|d| serde_json::json!({"blobSum": d})).collect::<Vec<_>>(),
+                });
+                if let Some(t) = &media_type {
+                    value["mediaType"] = t.clone().into();
+                }
+                if let Some(v) = schema {
+                    value["schemaVersion"] = v.into();
+                }
+                if let Some(c) = &config {
+                    value["config"] = descriptor(c);
+                }
+                let bytes = serde_json::to_vec(&value).unwrap();
+                if let Ok(parsed) = parse(&Digest::of(&bytes), &bytes, header.as_deref()) {
+                    let given: Vec<&String> = config.iter().chain(&layers).chain(&children).chain(&fs_layers).collect();
+                    for d in parsed.blobs.iter().chain(&parsed.manifests) {
+                        let text = d.digest.to_string();
+                        prop_assert!(given.contains(&&text), "{text} was not in the manifest");
+                        prop_assert_eq!(text.parse::<Digest>().ok(), Some(d.digest.clone()));
+                    }
+                    let unique: std::collections::HashSet<_> = parsed.blobs.iter().map(|b| &b.digest).collect();
+                    prop_assert_eq!(unique.len(), parsed.blobs.len());
+                    prop_assert_eq!(parsed.manifests.len(), children.len());
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(8))]
+
+            #[test]
+            fn parse_refuses_anything_over_4_mib(extra in 1usize..4096) {
+                let bytes = vec![b' '; MAX_MANIFEST_BYTES + extra];
+                let refused = matches!(
+                    parse(&Digest::of(b"x"), &bytes, None),
+                    Err(ManifestError::TooLarge { .. })
+                );
+                prop_assert!(refused);
+            }
+        }
+    }
 }

@@ -13,4 +13,5 @@
 //!   through the project's own registry client.
 
 pub mod corpus;
+pub mod fault_proxy;
 pub mod servers;

@@ -90,13 +90,14 @@ impl Layout {
     /// Parses `repositories/<repo>/<kind>/<rest>` into its parts.
     pub fn split_record_key(key: &str) -> Option<(RepositoryName, &str, &str)> {
         let rest = key.strip_prefix(REPOSITORIES_PREFIX)?;
-        for kind in ["/_images/", "/_tags/", "/_deleted/"] {
-            if let Some(i) = rest.find(kind) {
-                let repo = rest[..i].parse().ok()?;
-                return Some((repo, &kind[1..kind.len() - 1], &rest[i + kind.len()..]));
-            }
-        }
-        None
+        // The first `/_` ends the repository name (no name component starts with `_`);
+        // what follows may hold another one, as in the records of a tag named `_images`.
+        let (i, kind) = ["/_images/", "/_tags/", "/_deleted/"]
+            .into_iter()
+            .filter_map(|kind| rest.find(kind).map(|i| (i, kind)))
+            .min_by_key(|&(i, _)| i)?;
+        let repo = rest[..i].parse().ok()?;
+        Some((repo, &kind[1..kind.len() - 1], &rest[i + kind.len()..]))
     }
 
     /// Parses `sha256-<hex>.json` into a digest.
@@ -124,6 +125,15 @@ mod tests {
         let (time, digest) = Layout::parse_tag_file_name(file).unwrap();
         assert_eq!(digest, d);
         assert_eq!(time.timestamp_micros(), now.timestamp_micros());
+        // Tags may be named like the record directories.
+        for name in ["_images", "_deleted", "_tags"] {
+            let k = Layout::tag(&repo, &name.parse().unwrap(), &d, now);
+            let (r, kind, rest) = Layout::split_record_key(&k).unwrap();
+            assert_eq!(
+                (r, kind, rest.split('/').next()),
+                (repo.clone(), "_tags", Some(name))
+            );
+        }
         let image_key = Layout::image(&repo, &d);
         let (r, kind, rest) = Layout::split_record_key(&image_key).unwrap();
         assert_eq!(

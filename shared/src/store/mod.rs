@@ -170,4 +170,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Every object whose key starts with `prefix`, in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+
+    /// Requests the backend retried by itself so far (S3: throttling and 5xx answers
+    /// retried by the SDK), for reports.
+    fn retries(&self) -> u64 {
+        0
+    }
 }

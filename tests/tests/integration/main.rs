@@ -1,8 +1,12 @@
 mod backup;
+mod bad_input;
 mod common;
+mod concurrency;
 mod corpus_smoke;
 mod export;
+mod faults;
 mod pipeline;
 mod restore;
+mod secrets;
 mod store_s3;
 mod verify;
