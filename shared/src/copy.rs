@@ -515,9 +515,16 @@ impl CopyEngine {
         {
             return Ok((bytes, None));
         }
-        let fetched = self
-            .registry
-            .get_manifest(repo, &digest.to_string())
+        // The client retries failed requests itself; bytes that do not match the digest
+        // may be a corrupted transfer, so they are fetched again, as blobs are.
+        let reference = digest.to_string();
+        let fetched = (|| self.registry.get_manifest(repo, &reference))
+            .retry(self.options.retry.backoff())
+            .when(|e| matches!(e, RegistryError::Digest { .. }))
+            .notify(|e, delay| {
+                self.stats.blob_retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(repository = %repo, %digest, error = %e, ?delay, "retrying manifest fetch");
+            })
             .await
             .map_err(FetchError::Registry)?;
         Ok((fetched.bytes, fetched.media_type))
