@@ -6,22 +6,21 @@
 //! an existing blob is never replaced. S3 does not check OCI digests (and moto checks no
 //! checksums at all), which is why the digest is verified here.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
-use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_smithy_types::config_bag::{Storable, StoreReplace};
 
 use super::{Backend, ByteStream, ObjectInfo, StoreError, WriteOutcome};
 use crate::digest::{Digest, DigestVerifier};
