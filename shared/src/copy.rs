@@ -211,23 +211,33 @@ impl InFlight {
 
 /// Blobs this engine found in the store or wrote, with their sizes, so that a layer
 /// shared by many images is looked up once per engine rather than once per image (many
-/// corpus: 2 of the 4 store lookups per image, see docs/performance.md). Nothing deletes
-/// from a store, so an entry never goes stale.
+/// corpus: 2 of the 4 store lookups per image, see docs/performance.md).
 #[derive(Default)]
-struct KnownBlobs(std::sync::Mutex<std::collections::HashMap<Digest, u64>>);
+struct KnownBlobs(std::sync::Mutex<std::collections::HashMap<Digest, (u64, std::time::Instant)>>);
 
 /// Entries kept at most (about 150 bytes each).
 const KNOWN_BLOBS_MAX: usize = 100_000;
 
+/// How long a lookup is trusted. The pipeline never deletes from a store, but an
+/// operator's retention command may, and a worker's engine lives as long as its Lambda
+/// container: after this long a blob is looked up again (one invocation lasts 15 minutes
+/// at most, and one image copy has always relied on one lookup for as long).
+const KNOWN_BLOBS_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 impl KnownBlobs {
     fn size(&self, digest: &Digest) -> Option<u64> {
-        self.0.lock().expect("known blobs").get(digest).copied()
+        let map = self.0.lock().expect("known blobs");
+        let &(size, at) = map.get(digest)?;
+        (at.elapsed() < KNOWN_BLOBS_TTL).then_some(size)
     }
 
     fn insert(&self, digest: &Digest, size: u64) {
         let mut map = self.0.lock().expect("known blobs");
+        if map.len() >= KNOWN_BLOBS_MAX {
+            map.retain(|_, (_, at)| at.elapsed() < KNOWN_BLOBS_TTL);
+        }
         if map.len() < KNOWN_BLOBS_MAX {
-            map.insert(digest.clone(), size);
+            map.insert(digest.clone(), (size, std::time::Instant::now()));
         }
     }
 }
