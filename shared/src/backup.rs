@@ -252,7 +252,16 @@ pub async fn run(
         .await;
 
     store.put_snapshot(&plan.snapshot).await?;
-    rebuild_index(store).await?;
+    let copied: HashMap<Digest, (String, u64)> = results
+        .iter()
+        .filter_map(|(request, result)| match result {
+            Ok(ImageOutcome::Copied { media_type, size }) => {
+                Some((request.digest.clone(), (media_type.clone(), *size)))
+            }
+            _ => None,
+        })
+        .collect();
+    rebuild_index(store, &copied).await?;
 
     let mut report = BackupReport {
         source: source.name().to_owned(),
@@ -277,7 +286,7 @@ pub async fn run(
     };
     for (request, result) in results {
         match result {
-            Ok(ImageOutcome::Copied) => report.images_copied += 1,
+            Ok(ImageOutcome::Copied { .. }) => report.images_copied += 1,
             Ok(ImageOutcome::AlreadyPresent) => report.images_present += 1,
             Err(e) => report.images_failed.push(FailedImage {
                 repository: request.repository,
@@ -325,36 +334,70 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The newest complete run taken at or before `at` (or ever), all its parts merged.
+///
+/// Snapshot ids start with the second they were taken (`YYYYMMDDTHHMMSSZ`), so runs are
+/// read newest first and the search stops at the first second that holds a complete
+/// run: a daily schedule would otherwise read a year of snapshots on every run.
 pub async fn latest_run(
     store: &Store,
     at: Option<DateTime<Utc>>,
 ) -> Result<Option<Snapshot>, StoreError> {
-    // Parts of a run share the run id before the first '.'.
-    let mut runs: BTreeMap<String, Vec<Snapshot>> = BTreeMap::new();
+    // Run id → the ids of its parts (parts share the run id before the first '.').
+    let mut runs: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for id in store.snapshot_ids().await? {
-        if let Some(snapshot) = store.snapshot(&id).await? {
-            runs.entry(snapshot.run_id().to_owned())
-                .or_default()
-                .push(snapshot);
+        let run = id.split('.').next().unwrap_or(&id).to_owned();
+        runs.entry(run).or_default().push(id);
+    }
+    // Runs grouped by the second in their id, newest second first.
+    let mut by_second: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+    for (run, parts) in runs {
+        by_second
+            .entry(id_second(&run).to_owned())
+            .or_default()
+            .push(parts);
+    }
+    let latest_second = at.map(|at| at.format("%Y%m%dT%H%M%SZ").to_string());
+    for (second, runs) in by_second.into_iter().rev() {
+        if latest_second.as_ref().is_some_and(|l| second > *l) {
+            continue; // taken after `at`: nothing to read.
+        }
+        let mut complete: Vec<Vec<Snapshot>> = Vec::new();
+        for ids in runs {
+            let mut parts = Vec::new();
+            for id in ids {
+                if let Some(snapshot) = store.snapshot(&id).await? {
+                    parts.push(snapshot);
+                }
+            }
+            if parts.iter().any(|p| p.last)
+                && at.is_none_or(|at| parts.iter().all(|p| p.taken_at <= at))
+            {
+                complete.push(parts);
+            }
+        }
+        // Newest first by the time taken (ids resolve only to the second).
+        complete.sort_by_key(|parts| parts.iter().map(|p| p.taken_at).min());
+        if let Some(mut parts) = complete.pop() {
+            parts.sort_by_key(|p| p.part);
+            let mut merged = parts.remove(0);
+            for part in parts {
+                merged.repositories.extend(part.repositories);
+            }
+            merged.last = true;
+            return Ok(Some(merged));
         }
     }
-    // Newest first by the time taken (ids resolve only to the second).
-    let mut complete: Vec<Vec<Snapshot>> = runs
-        .into_values()
-        .filter(|parts| parts.iter().any(|p| p.last))
-        .filter(|parts| at.is_none_or(|at| parts.iter().all(|p| p.taken_at <= at)))
-        .collect();
-    complete.sort_by_key(|parts| parts.iter().map(|p| p.taken_at).min());
-    let Some(mut parts) = complete.pop() else {
-        return Ok(None);
-    };
-    parts.sort_by_key(|p| p.part);
-    let mut merged = parts.remove(0);
-    for part in parts {
-        merged.repositories.extend(part.repositories);
+    Ok(None)
+}
+
+/// The `YYYYMMDDTHHMMSSZ` a snapshot id starts with (the whole id if it has none).
+fn id_second(id: &str) -> &str {
+    let prefix = id.split('-').next().unwrap_or(id);
+    if prefix.len() == 16 && prefix.ends_with('Z') {
+        prefix
+    } else {
+        id
     }
-    merged.last = true;
-    Ok(Some(merged))
 }
 
 /// The tags as they stand now, or as they stood at `at`: from the latest complete run at
@@ -388,14 +431,20 @@ pub async fn tag_view(
 }
 
 /// Rewrites the root `index.json` from the current tag view, so that stock OCI tools find
-/// `REPOSITORY:TAG`. Entries whose image is not in the store are left out.
-pub async fn rebuild_index(store: &Store) -> Result<(), StoreError> {
+/// `REPOSITORY:TAG`. Entries whose image is not in the store are left out. `copied` gives
+/// the media type and size of manifests the caller has just stored, whose records need
+/// not be read back.
+pub async fn rebuild_index(
+    store: &Store,
+    copied: &HashMap<Digest, (String, u64)>,
+) -> Result<(), StoreError> {
     let catalog = store.catalog(None).await?;
     let view = tag_view(store, &catalog, None).await?;
     let mut refs = Vec::new();
-    // Manifests already in the index need no record read: a run costs a GET per new
-    // image, not per image.
+    // Manifests already in the index, or just copied, need no record read: a record is
+    // read only for an image some other process copied (a worker, for the fan-out).
     let mut known: HashMap<Digest, (String, u64)> = store.indexed_manifests().await?;
+    known.extend(copied.iter().map(|(d, m)| (d.clone(), m.clone())));
     for ((repo, tag), digest) in view {
         if !catalog
             .get(&repo)

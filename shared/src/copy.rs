@@ -148,10 +148,15 @@ pub struct CopyRequest {
 }
 
 /// What copying one image did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageOutcome {
     /// The image was copied by this call.
-    Copied,
+    Copied {
+        /// Media type of its top manifest (what `index.json` lists).
+        media_type: String,
+        /// Size of its top manifest in bytes.
+        size: u64,
+    },
     /// It was in the store already; only missing tag records (if any) were written.
     AlreadyPresent,
 }
@@ -317,11 +322,11 @@ impl CopyEngine {
         let outcome = if present {
             ImageOutcome::AlreadyPresent
         } else {
-            self.copy_new_image(request).await?;
+            let (media_type, size) = self.copy_new_image(request).await?;
             if self.options.copy_referrers && referrer_depth < MAX_REFERRER_DEPTH {
                 self.copy_referrers(request, referrer_depth).await?;
             }
-            ImageOutcome::Copied
+            ImageOutcome::Copied { media_type, size }
         };
         self.record_tags(request, known).await.map_err(store_err)?;
         Ok(outcome)
@@ -365,7 +370,9 @@ impl CopyEngine {
         Ok(())
     }
 
-    async fn copy_new_image(&self, request: &CopyRequest) -> Result<(), CopyError> {
+    /// Copies an image the store has no record of; returns its top manifest's media type
+    /// and size.
+    async fn copy_new_image(&self, request: &CopyRequest) -> Result<(String, u64), CopyError> {
         let repo = &request.repository;
         let digest = &request.digest;
         let registry_err = |source| CopyError::Registry {
@@ -400,13 +407,10 @@ impl CopyEngine {
             if !seen.insert(manifest_digest.clone()) {
                 continue;
             }
-            let (bytes, header_type) =
-                self.fetch_manifest(repo, &manifest_digest)
-                    .await
-                    .map_err(|e| match e {
-                        FetchError::Registry(source) => registry_err(source),
-                        FetchError::Store(source) => store_err(source),
-                    })?;
+            let (bytes, header_type) = self
+                .fetch_manifest(repo, &manifest_digest)
+                .await
+                .map_err(registry_err)?;
             let parsed = manifest::parse(
                 &manifest_digest,
                 &bytes,
@@ -508,23 +512,18 @@ impl CopyEngine {
             .put_image_record(&record)
             .await
             .map_err(store_err)?;
-        Ok(())
+        Ok((record.media_type, record.size))
     }
 
-    /// A manifest's bytes: from the store when it holds them, else from the registry.
+    /// A manifest's bytes, from the registry. The store is not asked first: this runs
+    /// only for images the store has no record of, whose manifests it rarely holds, and
+    /// asking cost a GET per new image (an S3 request for a few KiB the registry serves
+    /// as cheaply; see docs/performance.md).
     async fn fetch_manifest(
         &self,
         repo: &RepositoryName,
         digest: &Digest,
-    ) -> Result<(Bytes, Option<String>), FetchError> {
-        if let Some(bytes) = self
-            .store
-            .read_blob(digest)
-            .await
-            .map_err(FetchError::Store)?
-        {
-            return Ok((bytes, None));
-        }
+    ) -> Result<(Bytes, Option<String>), RegistryError> {
         // The client retries failed requests itself; bytes that do not match the digest
         // may be a corrupted transfer, so they are fetched again, as blobs are.
         let reference = digest.to_string();
@@ -535,8 +534,7 @@ impl CopyEngine {
                 self.stats.blob_retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(repository = %repo, %digest, error = %e, ?delay, "retrying manifest fetch");
             })
-            .await
-            .map_err(FetchError::Registry)?;
+            .await?;
         Ok((fetched.bytes, fetched.media_type))
     }
 

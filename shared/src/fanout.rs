@@ -213,7 +213,7 @@ pub async fn fan_out(
     }
     store.put_snapshot(&plan.snapshot).await?;
     if !unfinished {
-        backup::rebuild_index(store).await?;
+        backup::rebuild_index(store, &Default::default()).await?;
     }
     report.images_up_to_date = plan.up_to_date as u64;
     report.images_archived = plan.archived.len() as u64;

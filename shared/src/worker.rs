@@ -169,7 +169,7 @@ impl Worker {
                 }
                 tracing::info!(repository = %request.repository, digest = %request.digest, ?reason, "copying image");
                 match self.engine.copy_image(&request, None).await {
-                    Ok(ImageOutcome::Copied) => Ok(TaskOutcome::Copied),
+                    Ok(ImageOutcome::Copied { .. }) => Ok(TaskOutcome::Copied),
                     Ok(ImageOutcome::AlreadyPresent) => Ok(TaskOutcome::AlreadyPresent),
                     Err(e) if e.is_gone() => Ok(TaskOutcome::Gone(error_chain(&e))),
                     Err(e @ CopyError::Archived { .. }) => Ok(TaskOutcome::Gone(e.to_string())),

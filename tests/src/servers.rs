@@ -190,6 +190,19 @@ pub fn blob_gets(log: &Path, since_line: usize) -> Vec<BlobGet> {
         .collect()
 }
 
+/// Requests after the first `since_line` lines of the access log whose request line
+/// contains every one of `needles` (path fragments: `"/referrers/"`, a test's prefix).
+pub fn requests_containing(log: &Path, since_line: usize, needles: &[&str]) -> usize {
+    complete_lines(&read_log(log))
+        .skip(since_line)
+        .filter(|line| {
+            line.split('"')
+                .nth(1)
+                .is_some_and(|request| needles.iter().all(|n| request.contains(n)))
+        })
+        .count()
+}
+
 fn read_log(log: &Path) -> String {
     match std::fs::read(log) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),

@@ -15,7 +15,7 @@ mod auth;
 mod error;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,6 +113,9 @@ pub struct RegistryClient {
     tokens: Arc<Mutex<HashMap<String, Secret>>>,
     retry: RetryPolicy,
     stats: Arc<RegistryStats>,
+    /// Set once the registry answered a referrers call with 404 or 405: it has no
+    /// referrers API, and asking again for every image only costs a request.
+    no_referrers_api: Arc<AtomicBool>,
 }
 
 /// Parses a registry given as `host[:port]`, `http://host:port` or `https://host`.
@@ -164,6 +167,7 @@ impl RegistryClient {
             tokens: Arc::default(),
             retry: RetryPolicy::default(),
             stats: Arc::default(),
+            no_referrers_api: Arc::default(),
         })
     }
 
@@ -663,6 +667,9 @@ impl RegistryClient {
         repo: &RepositoryName,
         digest: &Digest,
     ) -> Result<Option<Vec<Descriptor>>, RegistryError> {
+        if self.no_referrers_api.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let t = target(repo, &digest.to_string());
         let url = self.url_for(&format!("/v2/{repo}/referrers/{digest}"));
         let response = self
@@ -672,10 +679,17 @@ impl RegistryClient {
                     .header(ACCEPT, manifest::OCI_INDEX)
             })
             .await?;
+        // The distribution spec forbids a registry with the API to answer 404 here, so a
+        // 404 (or 405) is about the registry, not this image: remembered for the client's
+        // lifetime. A 400 may be about this request alone.
         if matches!(
             response.status(),
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
         ) {
+            self.no_referrers_api.store(true, Ordering::Relaxed);
+            return Ok(None);
+        }
+        if response.status() == StatusCode::BAD_REQUEST {
             return Ok(None);
         }
         if !response.status().is_success() {

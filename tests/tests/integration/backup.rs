@@ -1,10 +1,12 @@
 //! Backups of the test corpus from a real registry into directory and S3 stores.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ecr_backup::backup::tag_view;
 use ecr_backup::registry::Credentials;
 use ecr_backup::store::Layout;
+use ecr_backup::Digest;
 use ecr_backup_tests::corpus::{push_corpus, push_image, random_layer, CorpusOptions, Format};
 use ecr_backup_tests::servers::{self, TestServers};
 
@@ -106,9 +108,24 @@ async fn second_run_over_an_unchanged_registry_downloads_no_blob() {
         .await
         .unwrap();
     let (_dir, store) = dir_store().await;
+    let first_start = servers::log_lines(&servers.registry_log);
     let first = backup_prefix(&servers.registry, None, &prefix, &store).await;
     assert!(first.is_success());
     assert!(first.blob_gets > 0);
+    // docker-registry has no referrers API: its first 404 is remembered, not asked
+    // again for every new image.
+    assert!(first.images_copied > 1);
+    let referrers_calls = servers::requests_containing(
+        &servers.registry_log,
+        first_start,
+        &[&format!("/v2/{prefix}"), "/referrers/"],
+    );
+    // Images copied at once may each ask before the first answer comes back.
+    assert!(
+        (1..=4).contains(&referrers_calls) && referrers_calls < first.images_copied as usize,
+        "{referrers_calls} referrers calls for {} new images, 4 copied at once",
+        first.images_copied
+    );
 
     let log_start = servers::log_lines(&servers.registry_log);
     let second = backup_prefix(&servers.registry, None, &prefix, &store).await;
@@ -448,4 +465,78 @@ async fn skopeo_restores_from_the_directory_store_itself_with_digests_unchanged(
             .unwrap();
         assert_eq!(head.digest, image.digest, "{repo}:{tag} restored by skopeo");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_reads_back_no_record_or_manifest_it_wrote_and_only_the_newest_snapshot() {
+    let servers = TestServers::from_env();
+    let prefix = servers::unique_prefix("reads");
+    let mut options = CorpusOptions::new(&prefix);
+    options.big_layer_mib = 1;
+    push_corpus(&servers.source_client(), &options)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let counting = ReadCountingBackend::new(Arc::new(ecr_backup::store::DirBackend::new(
+        dir.path().join("store"),
+    )));
+    let store = ecr_backup::store::Store::new(counting.clone());
+
+    let first = backup_prefix(&servers.registry, None, &prefix, &store).await;
+    assert!(first.is_success() && first.images_copied > 1, "{first:?}");
+    let reads = counting.take_reads();
+    let record_or_blob: Vec<&String> = reads
+        .iter()
+        .filter(|k| k.starts_with("blobs/") || k.contains("/_images/"))
+        .collect();
+    assert!(
+        record_or_blob.is_empty(),
+        "a first run read back what it wrote: {record_or_blob:?}"
+    );
+    // index.json is right without reading the records back.
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("store/index.json")).unwrap())
+            .unwrap();
+    let listed = index["manifests"].as_array().unwrap();
+    let tagged: usize = store
+        .catalog(None)
+        .await
+        .unwrap()
+        .values()
+        .map(|r| r.tags.len())
+        .sum();
+    assert_eq!(listed.len(), tagged);
+    for m in listed {
+        let digest: Digest = m["digest"].as_str().unwrap().parse().unwrap();
+        let bytes =
+            std::fs::read(dir.path().join("store/blobs/sha256").join(digest.hex())).unwrap();
+        assert_eq!(m["size"].as_u64().unwrap(), bytes.len() as u64);
+        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["mediaType"]
+            .as_str()
+            .map(str::to_owned);
+        if let Some(t) = media_type {
+            assert_eq!(m["mediaType"].as_str().unwrap(), t);
+        }
+    }
+
+    // Each unchanged run adds a snapshot; a run reads only the newest one. Runs within
+    // one second are all read (snapshot ids resolve to the second), hence the pauses.
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert!(backup_prefix(&servers.registry, None, &prefix, &store)
+            .await
+            .is_success());
+    }
+    assert_eq!(store.snapshot_ids().await.unwrap().len(), 4);
+    counting.take_reads();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(backup_prefix(&servers.registry, None, &prefix, &store)
+        .await
+        .is_success());
+    let snapshot_reads: Vec<String> = counting
+        .take_reads()
+        .into_iter()
+        .filter(|k| k.starts_with("snapshots/"))
+        .collect();
+    assert_eq!(snapshot_reads.len(), 1, "{snapshot_reads:?}");
 }
