@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_runtime::auth::PayloadSigningOverride;
+use aws_sdk_s3::config::interceptors::{
+    BeforeTransmitInterceptorContextMut, BeforeTransmitInterceptorContextRef,
+};
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream as S3Body;
@@ -76,6 +79,41 @@ pub struct S3Backend {
     retries: Arc<AtomicU64>,
 }
 
+/// Leaves the SigV4 hash of the body out of requests sent over HTTPS.
+///
+/// There the body is protected by TLS and checked by S3 against the CRC32 the SDK sends
+/// with it, and a blob's digest was verified before its upload, so hashing every byte
+/// once more for the signature (0.41 s of CPU per 640 MB on the benchmark machine, as
+/// much as the digest check itself) buys nothing; the AWS CLI leaves it out there too.
+/// Over plain HTTP (a local S3-compatible server) the signature is the body's only
+/// protection against tampering, so it stays. Decided per request, on its final URI.
+#[derive(Debug)]
+struct UnsignedPayloadOverHttps;
+
+impl Intercept for UnsignedPayloadOverHttps {
+    fn name(&self) -> &'static str {
+        "ecr-backup-unsigned-payload-over-https"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        if is_https(context.request().uri()) {
+            cfg.interceptor_state()
+                .store_put(PayloadSigningOverride::unsigned_payload());
+        }
+        Ok(())
+    }
+}
+
+fn is_https(uri: &str) -> bool {
+    uri.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
 /// Counts the attempts after the first of every S3 call: the SDK retries throttling
 /// (`SlowDown`) and 5xx answers by itself, and reports should show them.
 #[derive(Debug)]
@@ -136,6 +174,7 @@ impl S3Backend {
             .config()
             .to_builder()
             .interceptor(RetryCounter(retries.clone()))
+            .interceptor(UnsignedPayloadOverHttps)
             .build();
         S3Backend {
             client: Client::from_conf(config),
@@ -506,6 +545,43 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `x-amz-content-sha256` a `PutObject` to `endpoint` is signed with.
+    async fn content_sha256_of_put_to(endpoint: &str) -> String {
+        let (http, request) = aws_smithy_http_client::test_util::capture_request(None);
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("eu-west-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::for_tests())
+            .endpoint_url(endpoint)
+            .force_path_style(true)
+            .http_client(http)
+            .build();
+        let backend = S3Backend::new(
+            Client::from_conf(config),
+            S3Location::parse("s3://bucket/prefix").unwrap(),
+        );
+        let body = Bytes::from_static(b"{}");
+        let digest = Digest::of(&body);
+        let _ = backend.put_small(&format!("blobs/{digest}"), body).await;
+        let sent = request.expect_request();
+        sent.headers()
+            .get("x-amz-content-sha256")
+            .expect("a signed request")
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn bodies_are_hashed_into_the_signature_only_over_plain_http() {
+        assert_eq!(
+            content_sha256_of_put_to("https://s3.example.internal").await,
+            "UNSIGNED-PAYLOAD"
+        );
+        assert_eq!(
+            content_sha256_of_put_to("http://127.0.0.1:9000").await,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"{}"))
+        );
+    }
 
     #[test]
     fn parses_locations() {
