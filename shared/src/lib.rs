@@ -26,6 +26,7 @@ pub mod fanout;
 pub mod filter;
 pub mod inventory;
 pub mod manifest;
+pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod names;
