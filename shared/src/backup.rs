@@ -229,6 +229,16 @@ pub async fn run(
     let store = engine.store();
     let store_retries = store.backend().retries();
     store.init().await?;
+    // Housekeeping only: a failure here is reported and the backup goes on.
+    match store.remove_leftovers().await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(store = %store.location(), removed = n, "removed partial files left by interrupted writes")
+        }
+        Err(e) => {
+            tracing::warn!(store = %store.location(), error = %error_chain(&e), "could not remove partial files left by interrupted writes")
+        }
+    }
     let catalog = store.catalog(None).await?;
     let plan = plan(source, &options.filter, &catalog).await?;
     reporter.images_found(plan.work.len() as u64);

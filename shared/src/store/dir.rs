@@ -288,6 +288,11 @@ impl Backend for DirBackend {
         })
     }
 
+    async fn remove_leftovers(&self, idle: std::time::Duration) -> Result<u64, StoreError> {
+        let root = self.root.clone();
+        blocking(move || remove_idle_temporaries(&root, idle)).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
@@ -295,6 +300,41 @@ impl Backend for DirBackend {
             .await
             .expect("listing task panicked")
     }
+}
+
+/// Removes files under `root/tmp/` not modified for `idle`. A write in progress touches
+/// its file with every chunk, and a stalled download fails within its read timeout (and
+/// then removes its own file), so an idle file belongs to a process that was killed.
+fn remove_idle_temporaries(root: &Path, idle: std::time::Duration) -> Result<u64, StoreError> {
+    let dir = root.join(TMP_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(io("list", TMP_DIR, source)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|source| io("list", TMP_DIR, source))?;
+        let idle_for = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok());
+        // Unknown age (a clock set back, a file gone): left alone.
+        if idle_for.is_none_or(|d| d < idle) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            // Another process tidied it first.
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(source) => {
+                let name = format!("{TMP_DIR}/{}", entry.file_name().to_string_lossy());
+                return Err(io("remove", &name, source));
+            }
+        }
+    }
+    Ok(removed)
 }
 
 fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
@@ -363,6 +403,8 @@ pub async fn collect(stream: ByteStream) -> std::io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
@@ -375,5 +417,43 @@ mod tests {
             .map(|d| d.collect())
             .unwrap_or_default();
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn only_idle_temporary_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = DirBackend::new(dir.path().join("store"));
+        assert_eq!(
+            backend
+                .remove_leftovers(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0,
+            "no tmp/ yet"
+        );
+        let tmp = dir.path().join("store/tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let old = std::fs::File::create(tmp.join("killed")).unwrap();
+        old.set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+            .unwrap();
+        std::fs::write(tmp.join("in-progress"), b"partial").unwrap();
+        std::fs::create_dir_all(dir.path().join("store/blobs/sha256")).unwrap();
+        let blob = dir.path().join("store/blobs/sha256/old");
+        std::fs::File::create(&blob)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+            .unwrap();
+
+        let removed = backend
+            .remove_leftovers(Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert!(!tmp.join("killed").exists());
+        assert!(
+            tmp.join("in-progress").exists(),
+            "a recent file may be in use"
+        );
+        assert!(blob.exists(), "only tmp/ is tidied");
     }
 }

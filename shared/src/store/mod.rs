@@ -141,7 +141,8 @@ pub struct ObjectInfo {
 ///   where `list` would show it; it never replaces an existing object.
 /// - `write` replaces an object atomically: readers see the old bytes or the new, whole.
 /// - `stat`/`read` return `None` for a missing key; other failures are errors.
-/// - Nothing in the trait deletes.
+/// - Nothing in the trait deletes an object; [`Backend::remove_leftovers`] removes only
+///   what interrupted writes left where no reader looks.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Where the store is, for messages (`/path/to/store`, `s3://bucket/prefix`).
@@ -170,6 +171,16 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Every object whose key starts with `prefix`, in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+
+    /// Removes what interrupted writes left behind that no reader ever sees, once it has
+    /// not been touched for `idle`, and returns how many were removed. A directory store
+    /// removes such files from `tmp/` (a killed copy leaves its partial blob there); the
+    /// S3 store has nothing to do (an interrupted multipart upload is invisible, and the
+    /// bucket's lifecycle rule aborts it).
+    async fn remove_leftovers(&self, idle: std::time::Duration) -> Result<u64, StoreError> {
+        let _ = idle;
+        Ok(0)
+    }
 
     /// Requests the backend retried by itself so far (S3: throttling and 5xx answers
     /// retried by the SDK), for reports.

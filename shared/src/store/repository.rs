@@ -17,6 +17,10 @@ use crate::digest::Digest;
 use crate::names::{RepositoryName, Tag};
 use crate::records::{DeletionRecord, ImageRecord, Snapshot, TagRecord, RECORD_VERSION};
 
+/// How long a leftover of an interrupted write must have been untouched before it is
+/// removed: far longer than any live write goes without touching its file.
+pub const LEFTOVER_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Where a store lives, parsed from what a user typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreLocation {
@@ -139,6 +143,12 @@ impl Store {
             self.write_index(&[]).await?;
         }
         Ok(())
+    }
+
+    /// Removes what writes interrupted at least [`LEFTOVER_IDLE`] ago left behind (see
+    /// [`Backend::remove_leftovers`]); returns how many.
+    pub async fn remove_leftovers(&self) -> Result<u64, StoreError> {
+        self.backend.remove_leftovers(LEFTOVER_IDLE).await
     }
 
     /// Fails with `NotAStore` unless the location holds a store.

@@ -546,16 +546,46 @@ impl Backend for S3Backend {
 mod tests {
     use super::*;
 
-    /// The `x-amz-content-sha256` a `PutObject` to `endpoint` is signed with.
+    /// An HTTP client that answers every request with an empty 200 and keeps the
+    /// `x-amz-content-sha256` header each one was signed with.
+    #[derive(Debug, Clone, Default)]
+    struct SignatureCapture(Arc<std::sync::Mutex<Vec<Option<String>>>>);
+
+    impl aws_smithy_runtime_api::client::http::HttpConnector for SignatureCapture {
+        fn call(
+            &self,
+            request: aws_sdk_s3::config::http::HttpRequest,
+        ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+            let header = request.headers().get("x-amz-content-sha256");
+            self.0.lock().unwrap().push(header.map(str::to_owned));
+            let ok = aws_sdk_s3::config::http::HttpResponse::new(
+                200.try_into().unwrap(),
+                aws_smithy_types::body::SdkBody::empty(),
+            );
+            aws_smithy_runtime_api::client::http::HttpConnectorFuture::ready(Ok(ok))
+        }
+    }
+
+    impl aws_sdk_s3::config::HttpClient for SignatureCapture {
+        fn http_connector(
+            &self,
+            _settings: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
+            _components: &RuntimeComponents,
+        ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
+            aws_smithy_runtime_api::client::http::SharedHttpConnector::new(self.clone())
+        }
+    }
+
+    /// The `x-amz-content-sha256` a blob's `PutObject` to `endpoint` is signed with.
     async fn content_sha256_of_put_to(endpoint: &str) -> String {
-        let (http, request) = aws_smithy_http_client::test_util::capture_request(None);
+        let capture = SignatureCapture::default();
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new("eu-west-1"))
             .credentials_provider(aws_sdk_s3::config::Credentials::for_tests())
             .endpoint_url(endpoint)
             .force_path_style(true)
-            .http_client(http)
+            .http_client(capture.clone())
             .build();
         let backend = S3Backend::new(
             Client::from_conf(config),
@@ -563,12 +593,13 @@ mod tests {
         );
         let body = Bytes::from_static(b"{}");
         let digest = Digest::of(&body);
-        let _ = backend.put_small(&format!("blobs/{digest}"), body).await;
-        let sent = request.expect_request();
-        sent.headers()
-            .get("x-amz-content-sha256")
-            .expect("a signed request")
-            .to_owned()
+        backend
+            .put_small(&format!("blobs/{digest}"), body)
+            .await
+            .unwrap();
+        let sent = capture.0.lock().unwrap();
+        assert_eq!(sent.len(), 1);
+        sent[0].clone().expect("a signed request")
     }
 
     #[tokio::test]

@@ -269,6 +269,24 @@ async fn a_copy_killed_in_the_middle_of_a_large_layer_leaves_a_consistent_store(
         "the copy finished before it could be killed mid-layer"
     );
     assert_dir_store_consistent(&store_dir);
+    // The killed copy's partial file stays in tmp/ until it has been idle for an hour;
+    // make it look that old, and the re-run removes it.
+    let partials: Vec<std::path::PathBuf> = std::fs::read_dir(store_dir.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        !partials.is_empty(),
+        "the killed copy left its partial file"
+    );
+    for p in &partials {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+            .unwrap();
+    }
 
     let (code, _, stderr) = run_cli(&[
         "backup",
@@ -285,6 +303,11 @@ async fn a_copy_killed_in_the_middle_of_a_large_layer_leaves_a_consistent_store(
     assert!(
         blobs.len() >= 4,
         "manifest, config and layers stored after the re-run"
+    );
+    let left: Vec<_> = partials.iter().filter(|p| p.exists()).collect();
+    assert!(
+        left.is_empty(),
+        "partial files of the killed copy left: {left:?}"
     );
 }
 

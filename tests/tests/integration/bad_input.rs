@@ -443,9 +443,10 @@ async fn tags_named_like_record_directories_and_names_at_their_limits() {
         );
     }
     assert_only_layout_objects(dir.path());
-    // (The hand-made consistency check takes any file in an `_images` directory for an
-    // image record, the tag records of a tag named `_images` included: the project's own
-    // verify, which reads keys as the layout defines them, is used here instead.)
+    // Both the hand-made consistency check and the project's own verify must read the
+    // records of a tag named `_images` as tag records.
+    let blobs = assert_dir_store_consistent(&dir.path().join("store"));
+    assert!(blobs.contains(&image.digest));
     for store in [&store, &s3] {
         let options = ecr_backup::verify::VerifyOptions {
             read_data: true,

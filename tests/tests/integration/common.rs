@@ -157,7 +157,14 @@ pub fn assert_dir_store_consistent(root: &Path) -> BTreeSet<Digest> {
                 stack.push(path);
                 continue;
             }
-            if !path.parent().is_some_and(|p| p.ends_with("_images")) {
+            // Parsed as the store does: the records of a tag named `_images` live under
+            // a directory of that name too.
+            let key = path.strip_prefix(root).unwrap().to_str().unwrap();
+            let is_image_record = matches!(
+                ecr_backup::store::Layout::split_record_key(key),
+                Some((_, "_images", _))
+            );
+            if !is_image_record {
                 continue;
             }
             let record: ecr_backup::records::ImageRecord =
