@@ -358,6 +358,18 @@ pub async fn push_corpus(client: &RegistryClient, options: &CorpusOptions) -> Re
     Ok(Corpus::from_images(images))
 }
 
+/// Pushes a one-layer OCI image of `layer_size` random bytes (a fresh seed), tagged `tag`.
+pub async fn push_small_image(
+    client: &RegistryClient,
+    repo: &RepositoryName,
+    tag: &str,
+    layer_size: u64,
+) -> Result<CorpusImage> {
+    let tag: Tag = tag.parse()?;
+    let layer = random_layer(rand::random(), layer_size);
+    push_image(client, repo, &[tag], &[layer], Format::Oci).await
+}
+
 /// Pushes a linux/amd64 image made of `layers` (each a gzip-compressed or plain tar)
 /// under every tag in `tags`, or by digest only when `tags` is empty. The config is
 /// derived from the layers and the platform, so the same layers give the same digest.

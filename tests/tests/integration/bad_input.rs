@@ -15,7 +15,9 @@ use ecr_backup::source::Source;
 use ecr_backup::store::Layout;
 use ecr_backup::worker::{TaskError, TaskOutcome};
 use ecr_backup::{Digest, RepositoryName, Tag};
-use ecr_backup_tests::corpus::{push_image, random_layer, repository, CorpusImage, Format};
+use ecr_backup_tests::corpus::{
+    push_image, push_small_image, random_layer, repository, CorpusImage, Format,
+};
 use ecr_backup_tests::fault_proxy::{Canned, Fault, FaultProxy, Flavor, Rewrite, Rule, When};
 use ecr_backup_tests::servers::{self, TestServers};
 use proptest::prelude::*;
@@ -303,15 +305,9 @@ async fn malformed_and_hostile_messages_fail_alone_with_clear_errors() {
     let servers = TestServers::from_env();
     let prefix = servers::unique_prefix("badmsg");
     let repo = repository(&prefix, "app").unwrap();
-    let good = push_image(
-        &servers.source_client(),
-        &repo,
-        &["v1".parse().unwrap()],
-        &[random_layer(rand::random(), 64 * 1024)],
-        Format::Oci,
-    )
-    .await
-    .unwrap();
+    let good = push_small_image(&servers.source_client(), &repo, "v1", 64 * 1024)
+        .await
+        .unwrap();
     let source = Source::connect(&servers.registry, None, None)
         .await
         .unwrap();
@@ -511,15 +507,9 @@ async fn names_a_registry_lists_that_would_escape_the_store_are_skipped() {
     let servers = TestServers::from_env();
     let prefix = servers::unique_prefix("badnames");
     let repo = repository(&prefix, "app").unwrap();
-    let image = push_image(
-        &servers.source_client(),
-        &repo,
-        &["v1".parse().unwrap()],
-        &[random_layer(rand::random(), 32 * 1024)],
-        Format::Oci,
-    )
-    .await
-    .unwrap();
+    let image = push_small_image(&servers.source_client(), &repo, "v1", 32 * 1024)
+        .await
+        .unwrap();
     let p = prefix.trim_end_matches('/');
     let bad_repos: Vec<String> = vec![
         format!("{p}/../../escape"),
@@ -647,27 +637,15 @@ async fn broken_manifests_get_clear_errors_and_nothing_is_written_outside_the_la
     let prefix = servers::unique_prefix("badmanifest");
     let client = servers.source_client();
     let repo = repository(&prefix, "m").unwrap();
-    let real: CorpusImage = push_image(
-        &client,
-        &repo,
-        &["v1".parse().unwrap()],
-        &[random_layer(rand::random(), 48 * 1024)],
-        Format::Oci,
-    )
-    .await
-    .unwrap();
+    let real: CorpusImage = push_small_image(&client, &repo, "v1", 48 * 1024)
+        .await
+        .unwrap();
     let layer = real.layers.iter().next().unwrap().clone();
     // A layer referenced only by the manifest that lies about its size, so that it is
     // transferred (a blob already stored is not downloaded again).
-    let other = push_image(
-        &client,
-        &repo,
-        &["v2".parse().unwrap()],
-        &[random_layer(rand::random(), 40 * 1024)],
-        Format::Oci,
-    )
-    .await
-    .unwrap();
+    let other = push_small_image(&client, &repo, "v2", 40 * 1024)
+        .await
+        .unwrap();
     let other_layer = other.layers.iter().next().unwrap().clone();
     let config = real
         .blobs

@@ -304,3 +304,19 @@ impl ecr_backup::store::Backend for ReadCountingBackend {
         self.inner.list(prefix).await
     }
 }
+
+/// Fails if an S3 bucket holds an open multipart upload: refused or broken blob uploads
+/// must be aborted, not left to accumulate.
+pub async fn assert_no_open_multipart_uploads(client: &aws_sdk_s3::Client, bucket: &str) {
+    let uploads = client
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        uploads.uploads().is_empty(),
+        "multipart uploads left open: {:?}",
+        uploads.uploads()
+    );
+}

@@ -21,7 +21,8 @@ use ecr_backup::store::{Layout, S3Backend, S3Location, Store};
 use ecr_backup::worker::Worker;
 use ecr_backup::{Digest, RegistryClient, RepositoryName, Tag};
 use ecr_backup_tests::corpus::{
-    push_corpus, push_image, random_layer, repository, Corpus, CorpusImage, CorpusOptions, Format,
+    push_corpus, push_image, push_small_image, random_layer, repository, Corpus, CorpusImage,
+    CorpusOptions, Format,
 };
 use ecr_backup_tests::fault_proxy::{Fault, FaultProxy, Flavor, RandomFaults, Rule, When};
 use ecr_backup_tests::servers::{self, TestServers};
@@ -129,17 +130,7 @@ pub(crate) async fn assert_s3_store_consistent(
             assert_eq!(stored.copied(), size, "{key}: size of {digest}");
         }
     }
-    let uploads = client
-        .list_multipart_uploads()
-        .bucket(bucket)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        uploads.uploads().is_empty(),
-        "multipart uploads left open: {:?}",
-        uploads.uploads()
-    );
+    assert_no_open_multipart_uploads(client, bucket).await;
     blobs
 }
 
@@ -443,24 +434,12 @@ async fn a_blob_corrupted_on_every_attempt_is_never_stored_and_once_is_retried()
     let prefix = servers::unique_prefix("flip");
     let client = servers.source_client();
     let repo = repository(&prefix, "app").unwrap();
-    let bad = push_image(
-        &client,
-        &repo,
-        &["bad".parse().unwrap()],
-        &[random_layer(rand::random(), 300 * KIB)],
-        Format::Oci,
-    )
-    .await
-    .unwrap();
-    let good = push_image(
-        &client,
-        &repo,
-        &["good".parse().unwrap()],
-        &[random_layer(rand::random(), 200 * KIB)],
-        Format::Oci,
-    )
-    .await
-    .unwrap();
+    let bad = push_small_image(&client, &repo, "bad", 300 * KIB)
+        .await
+        .unwrap();
+    let good = push_small_image(&client, &repo, "good", 200 * KIB)
+        .await
+        .unwrap();
     let layer = bad.layers.iter().next().unwrap().clone();
 
     // Every download of the layer has one byte flipped.
@@ -544,15 +523,9 @@ async fn a_blob_corrupted_on_every_attempt_is_never_stored_and_once_is_retried()
     println!("FIGURES flip once: 2 downloads, report.retries 1, image backed up");
 
     // A manifest corrupted once in transit: refused by digest, fetched again, backed up.
-    let third = push_image(
-        &client,
-        &repo,
-        &["third".parse().unwrap()],
-        &[random_layer(rand::random(), 20 * KIB)],
-        Format::Oci,
-    )
-    .await
-    .unwrap();
+    let third = push_small_image(&client, &repo, "third", 20 * KIB)
+        .await
+        .unwrap();
     let proxy = registry_proxy(&servers).await;
     proxy.add_rule(Rule::new(
         "GET",
@@ -610,15 +583,9 @@ async fn an_expired_registry_token_mid_run_is_refreshed_and_the_run_completes() 
     let mut images = Vec::new();
     for n in 0..3u64 {
         images.push(
-            push_image(
-                &auth,
-                &repo,
-                &[format!("v{n}").parse().unwrap()],
-                &[random_layer(rand::random(), 64 * KIB + n)],
-                Format::Oci,
-            )
-            .await
-            .unwrap(),
+            push_small_image(&auth, &repo, &format!("v{n}"), 64 * KIB + n)
+                .await
+                .unwrap(),
         );
     }
     let tagged: Vec<(&CorpusImage, Option<String>)> = images

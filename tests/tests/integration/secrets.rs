@@ -12,8 +12,8 @@ use base64::Engine;
 use bytes::Bytes;
 use ecr_backup::ecr::{EcrApi, EcrCredentials};
 use ecr_backup::source::Source;
-use ecr_backup::{RegistryClient, Tag};
-use ecr_backup_tests::corpus::{push_image, random_layer, repository, CorpusImage, Format};
+use ecr_backup::RegistryClient;
+use ecr_backup_tests::corpus::{push_small_image, repository, CorpusImage};
 use ecr_backup_tests::fault_proxy::{Canned, Fault, FaultProxy, Flavor, Rule, When};
 use ecr_backup_tests::servers::{self, TestServers};
 
@@ -117,15 +117,9 @@ async fn ecr_images(servers: &TestServers, prefix: &str) -> Vec<CorpusImage> {
     let mut images = Vec::new();
     for n in 0..2u64 {
         images.push(
-            push_image(
-                &auth,
-                &repo,
-                &[format!("v{n}").parse::<Tag>().unwrap()],
-                &[random_layer(rand::random(), 32 * 1024 + n)],
-                Format::Oci,
-            )
-            .await
-            .unwrap(),
+            push_small_image(&auth, &repo, &format!("v{n}"), 32 * 1024 + n)
+                .await
+                .unwrap(),
         );
     }
     let tagged: Vec<(&CorpusImage, Option<String>)> = images

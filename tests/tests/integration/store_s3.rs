@@ -4,7 +4,7 @@
 use ecr_backup::store::run_conformance_suite;
 use ecr_backup_tests::servers::TestServers;
 
-use crate::common::s3_store;
+use crate::common::{assert_no_open_multipart_uploads, s3_store};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_backend_passes_the_conformance_suite() {
@@ -12,15 +12,5 @@ async fn s3_backend_passes_the_conformance_suite() {
     let (client, store, bucket) = s3_store(&servers.moto, "conformance").await;
     run_conformance_suite(store.backend()).await;
     // Refused multipart uploads were aborted, not left to accumulate.
-    let uploads = client
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        uploads.uploads().is_empty(),
-        "multipart uploads left open: {:?}",
-        uploads.uploads()
-    );
+    assert_no_open_multipart_uploads(&client, &bucket).await;
 }
