@@ -63,7 +63,10 @@ impl FanoutContext {
 
 /// Runs one fan-out with `remaining` time before the invocation's deadline.
 pub async fn handle(context: &FanoutContext, remaining: Duration) -> Result<FanoutReport> {
-    let run = FanoutRun::start(context.config.filter.clone());
+    let run = FanoutRun::start(
+        context.config.filter.clone(),
+        context.config.part_repositories,
+    );
     let budget = remaining
         .saturating_sub(SAFETY_MARGIN)
         .max(Duration::from_secs(10));
@@ -82,13 +85,15 @@ pub async fn handle(context: &FanoutContext, remaining: Duration) -> Result<Fano
         images_enqueued = report.images_enqueued,
         images_up_to_date = report.images_up_to_date,
         send_calls = report.send_calls,
-        continued_after = ?report.continued_after,
+        continued_after = report.continued_after.as_ref().map(|r| r.as_str()),
+        run_complete = report.run_complete,
         "fan-out finished"
     );
     metrics::emit(
         "fanout",
         &[
             Metric::count("FanoutRuns", 1),
+            Metric::count("RunsCompleted", u64::from(report.run_complete)),
             Metric::count("Repositories", report.repositories),
             Metric::count("ImagesSeen", report.images_seen),
             Metric::count("ImagesEnqueued", report.images_enqueued),

@@ -12,7 +12,14 @@ async fn main() -> Result<(), Error> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .without_time()
         .init();
-    let context = FanoutContext::from_env().await?;
+    let context = match FanoutContext::from_env().await {
+        Ok(context) => context,
+        Err(e) => {
+            // Told to Lambda as an init error naming what is wrong (a variable, a client).
+            ecr_backup::runtime_api::report_init_error(&format!("{e:#}")).await;
+            return Err(e.into());
+        }
+    };
     let context = &context;
     run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {

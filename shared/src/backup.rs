@@ -18,7 +18,7 @@ use crate::names::{RepositoryName, Tag};
 use crate::progress::Reporter;
 use crate::records::{Snapshot, SnapshotRepository};
 use crate::source::{Source, SourceError, SourceImage};
-use crate::store::{Catalog, IndexRef, RepositoryCatalog, Store, StoreError};
+use crate::store::{observed_after_run, Catalog, IndexRef, RepositoryCatalog, Store, StoreError};
 
 /// Repositories enumerated at once.
 const REPOSITORY_CONCURRENCY: usize = 4;
@@ -343,101 +343,52 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The newest complete run taken at or before `at` (or ever), all its parts merged.
-///
-/// Snapshot ids start with the second they were taken (`YYYYMMDDTHHMMSSZ`), so runs are
-/// read newest first and the search stops at the first second that holds a complete
-/// run: a daily schedule would otherwise read a year of snapshots on every run.
+/// The newest complete run taken at or before `at` (or ever), all its parts merged (see
+/// [`Store::latest_run`]).
 pub async fn latest_run(
     store: &Store,
     at: Option<DateTime<Utc>>,
 ) -> Result<Option<Snapshot>, StoreError> {
-    // Run id → the ids of its parts (parts share the run id before the first '.').
-    let mut runs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for id in store.snapshot_ids().await? {
-        let run = id.split('.').next().unwrap_or(&id).to_owned();
-        runs.entry(run).or_default().push(id);
-    }
-    // Runs grouped by the second in their id, newest second first.
-    let mut by_second: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
-    for (run, parts) in runs {
-        by_second
-            .entry(id_second(&run).to_owned())
-            .or_default()
-            .push(parts);
-    }
-    let latest_second = at.map(|at| at.format("%Y%m%dT%H%M%SZ").to_string());
-    for (second, runs) in by_second.into_iter().rev() {
-        if latest_second.as_ref().is_some_and(|l| second > *l) {
-            continue; // taken after `at`: nothing to read.
-        }
-        let mut complete: Vec<Vec<Snapshot>> = Vec::new();
-        for ids in runs {
-            let mut parts = Vec::new();
-            for id in ids {
-                if let Some(snapshot) = store.snapshot(&id).await? {
-                    parts.push(snapshot);
-                }
-            }
-            if parts.iter().any(|p| p.last)
-                && at.is_none_or(|at| parts.iter().all(|p| p.taken_at <= at))
-            {
-                complete.push(parts);
-            }
-        }
-        // Newest first by the time taken (ids resolve only to the second).
-        complete.sort_by_key(|parts| parts.iter().map(|p| p.taken_at).min());
-        if let Some(mut parts) = complete.pop() {
-            parts.sort_by_key(|p| p.part);
-            let mut merged = parts.remove(0);
-            for part in parts {
-                merged.repositories.extend(part.repositories);
-            }
-            merged.last = true;
-            return Ok(Some(merged));
-        }
-    }
-    Ok(None)
-}
-
-/// The `YYYYMMDDTHHMMSSZ` a snapshot id starts with (the whole id if it has none).
-fn id_second(id: &str) -> &str {
-    let prefix = id.split('-').next().unwrap_or(id);
-    if prefix.len() == 16 && prefix.ends_with('Z') {
-        prefix
-    } else {
-        id
-    }
+    Ok(store.latest_run(at).await?.map(|run| run.snapshot()))
 }
 
 /// The tags as they stand now, or as they stood at `at`: from the latest complete run at
 /// or before that time, updated by tag records observed after it (push events between
-/// runs, or a run's own copies).
+/// runs, or a run's own copies). "After" follows [`observed_after_run`].
 pub async fn tag_view(
     store: &Store,
     catalog: &Catalog,
     at: Option<DateTime<Utc>>,
 ) -> Result<BTreeMap<(RepositoryName, Tag), Digest>, StoreError> {
-    let mut view = BTreeMap::new();
     let base = latest_run(store, at).await?;
-    let since = base.as_ref().map(|s| s.taken_at);
+    Ok(tag_view_from(base.as_ref(), catalog, at))
+}
+
+/// [`tag_view`] on a run already read.
+pub fn tag_view_from(
+    base: Option<&Snapshot>,
+    catalog: &Catalog,
+    at: Option<DateTime<Utc>>,
+) -> BTreeMap<(RepositoryName, Tag), Digest> {
+    let mut view = BTreeMap::new();
+    let since = base.map(|s| s.taken_at);
     if let Some(snapshot) = base {
-        for (repo, r) in snapshot.repositories {
-            for (tag, digest) in r.tags {
-                view.insert((repo.clone(), tag), digest);
+        for (repo, r) in &snapshot.repositories {
+            for (tag, digest) in &r.tags {
+                view.insert((repo.clone(), tag.clone()), digest.clone());
             }
         }
     }
     for (repo, r) in catalog {
         for tag in r.tags.keys() {
             if let Some(e) = r.tag_as_of(tag, at) {
-                if since.is_none_or(|s| e.observed_at > s) {
+                if since.is_none_or(|s| observed_after_run(e.observed_at, s)) {
                     view.insert((repo.clone(), tag.clone()), e.digest.clone());
                 }
             }
         }
     }
-    Ok(view)
+    view
 }
 
 /// Rewrites the root `index.json` from the current tag view, so that stock OCI tools find
@@ -478,4 +429,52 @@ pub async fn rebuild_index(
         }
     }
     store.write_index(&refs).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TagEntry;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    /// A push event seconds-resolved to the run's own second names a digest pushed after
+    /// the run listed the repository: it wins over the snapshot.
+    #[test]
+    fn a_tag_record_of_the_run_s_second_wins_over_the_snapshot() {
+        let repo: RepositoryName = "team/app".parse().unwrap();
+        let tag: Tag = "latest".parse().unwrap();
+        let (old, new) = (Digest::of(b"old"), Digest::of(b"new"));
+        let mut snapshot = Snapshot::new("r".into(), at("2026-11-27T05:30:00.400Z"));
+        snapshot
+            .repositories
+            .entry(repo.clone())
+            .or_default()
+            .tags
+            .insert(tag.clone(), old.clone());
+        let mut catalog = Catalog::new();
+        let entries = catalog
+            .entry(repo.clone())
+            .or_default()
+            .tags
+            .entry(tag.clone())
+            .or_default();
+        entries.push(TagEntry {
+            digest: old.clone(),
+            observed_at: at("2026-11-26T05:30:00.100Z"),
+        });
+        entries.push(TagEntry {
+            digest: new.clone(),
+            observed_at: at("2026-11-27T05:30:00Z"),
+        });
+        let view = tag_view_from(Some(&snapshot), &catalog, None);
+        assert_eq!(view[&(repo.clone(), tag.clone())], new);
+        // A record of the second before the run is older than the run.
+        catalog.get_mut(&repo).unwrap().tags.get_mut(&tag).unwrap()[1].observed_at =
+            at("2026-11-27T05:29:59.900Z");
+        let view = tag_view_from(Some(&snapshot), &catalog, None);
+        assert_eq!(view[&(repo, tag)], old);
+    }
 }

@@ -16,6 +16,9 @@ pub const EXCLUDE_REPOSITORIES: &str = "ECR_BACKUP_EXCLUDE_REPOSITORIES";
 pub const TAG_PATTERN: &str = "ECR_BACKUP_TAG_PATTERN";
 /// Images copied at once by one worker invocation.
 pub const CONCURRENCY: &str = "ECR_BACKUP_CONCURRENCY";
+/// Optional: most repositories one fan-out part enumerates before the run is continued
+/// by a worker (default: only the invocation's time cuts a part).
+pub const PART_REPOSITORIES: &str = "ECR_BACKUP_PART_REPOSITORIES";
 /// Optional: reach the registry's data plane here instead of ECR's endpoint.
 pub const REGISTRY_ENDPOINT: &str = "ECR_BACKUP_REGISTRY_ENDPOINT";
 
@@ -64,6 +67,8 @@ pub struct FanoutConfig {
     pub filter: FilterSpec,
     /// Data-plane override (unused by the fan-out itself, passed on for symmetry).
     pub registry_endpoint: Option<String>,
+    /// Most repositories per part of a run.
+    pub part_repositories: Option<u32>,
 }
 
 impl FanoutConfig {
@@ -74,6 +79,20 @@ impl FanoutConfig {
             queue_url: required(QUEUE_URL)?,
             filter: filter_from_env()?,
             registry_endpoint: optional(REGISTRY_ENDPOINT),
+            part_repositories: match optional(PART_REPOSITORIES) {
+                None => None,
+                Some(v) => {
+                    Some(
+                        v.parse::<u32>()
+                            .ok()
+                            .filter(|&n| n >= 1)
+                            .ok_or_else(|| ConfigError {
+                                name: PART_REPOSITORIES,
+                                reason: format!("{v:?} is not a whole number of at least 1"),
+                            })?,
+                    )
+                }
+            },
         })
     }
 }

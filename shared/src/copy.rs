@@ -74,6 +74,27 @@ pub enum CopyError {
         /// The manifest where it stopped.
         at: Digest,
     },
+    /// The image asked for does not exist at the source: its top manifest answered 404.
+    #[error("copying {repository}@{digest}: the registry has no such image (its manifest was not found, HTTP 404)")]
+    Gone {
+        /// The repository.
+        repository: RepositoryName,
+        /// The image.
+        digest: Digest,
+    },
+    /// The image exists, but something it references does not: a child manifest of an
+    /// index, a config or layer blob, or a referrer the registry listed.
+    #[error("copying {repository}@{digest}: {what} {missing} is missing from the registry (not found, HTTP 404)")]
+    Missing {
+        /// The repository.
+        repository: RepositoryName,
+        /// The image.
+        digest: Digest,
+        /// What is missing (`child manifest`, `blob`, `referrer`).
+        what: &'static str,
+        /// Its digest.
+        missing: Digest,
+    },
     /// The image is in ECR's archive storage class and cannot be pulled until restored.
     #[error("{repository}@{digest} is archived in ECR; restore it to ACTIVE to back it up")]
     Archived {
@@ -84,28 +105,49 @@ pub enum CopyError {
     },
 }
 
+/// What kind of failure a copy met, decided where the failing request was made (never
+/// from an error's text). Callers decide from it whether a message may be acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The requested image's top manifest does not exist at the source.
+    Gone,
+    /// A manifest or blob the image references does not exist at the source.
+    MissingReferenced,
+    /// The image is archived in ECR and cannot be pulled now.
+    Archived,
+    /// The registry or store asked us to slow down (429, S3 `SlowDown`).
+    Throttled,
+    /// A failure that may pass (5xx, a broken connection, a timeout).
+    Transient,
+    /// Credentials or permissions were refused, or the request was rejected as invalid.
+    Refused,
+    /// Bytes that do not match their digest, or manifests this tool cannot follow.
+    Corrupt,
+}
+
 impl CopyError {
-    /// True when trying again later may succeed (throttling, 5xx, broken transfers).
-    pub fn is_transient(&self) -> bool {
+    /// The kind of this failure.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            CopyError::Registry { source, .. } => source.is_transient(),
-            CopyError::Store { source, .. } => source.is_transient(),
-            _ => false,
+            CopyError::Gone { .. } => FailureKind::Gone,
+            CopyError::Missing { .. } => FailureKind::MissingReferenced,
+            CopyError::Archived { .. } => FailureKind::Archived,
+            CopyError::Registry { source, .. } => source.kind(),
+            CopyError::Store { source, .. } => match source {
+                StoreError::Verify { .. } | StoreError::CorruptRecord { .. } => {
+                    FailureKind::Corrupt
+                }
+                e if e.is_transient() => FailureKind::Transient,
+                _ => FailureKind::Refused,
+            },
+            CopyError::Manifest { .. } | CopyError::TooDeep { .. } => FailureKind::Corrupt,
         }
     }
 
-    /// True when the image no longer exists at the source (deleted since it was listed).
-    pub fn is_gone(&self) -> bool {
-        matches!(
-            self,
-            CopyError::Registry {
-                source: RegistryError::NotFound {
-                    op: "fetch manifest",
-                    ..
-                },
-                ..
-            }
-        )
+    /// True when trying again later may succeed (throttling, 5xx, broken transfers).
+    pub fn is_transient(&self) -> bool {
+        matches!(self.kind(), FailureKind::Throttled | FailureKind::Transient)
     }
 }
 
@@ -125,7 +167,7 @@ impl Default for CopyOptions {
         CopyOptions {
             blob_concurrency: 8,
             copy_referrers: true,
-            // Requests are retried inside the client; this is for broken or corrupt bodies.
+            // A blob transfer's one retry layer (request, body and digest together).
             retry: RetryPolicy {
                 max_retries: 3,
                 ..RetryPolicy::default()
@@ -407,10 +449,26 @@ impl CopyEngine {
             if !seen.insert(manifest_digest.clone()) {
                 continue;
             }
-            let (bytes, header_type) = self
-                .fetch_manifest(repo, &manifest_digest)
-                .await
-                .map_err(registry_err)?;
+            let (bytes, header_type) = match self.fetch_manifest(repo, &manifest_digest).await {
+                Ok(fetched) => fetched,
+                // The kind is decided here, where it is known which manifest was asked for:
+                // the image itself is gone, or only something it references is missing.
+                Err(RegistryError::NotFound { .. }) if depth == 0 => {
+                    return Err(CopyError::Gone {
+                        repository: repo.clone(),
+                        digest: digest.clone(),
+                    })
+                }
+                Err(RegistryError::NotFound { .. }) => {
+                    return Err(CopyError::Missing {
+                        repository: repo.clone(),
+                        digest: digest.clone(),
+                        what: "child manifest",
+                        missing: manifest_digest,
+                    })
+                }
+                Err(e) => return Err(registry_err(e)),
+            };
             let parsed = manifest::parse(
                 &manifest_digest,
                 &bytes,
@@ -461,12 +519,19 @@ impl CopyEngine {
                     engine
                         .copy_blob(&repo, &b.digest, (b.size > 0).then_some(b.size))
                         .await
+                        .map_err(|e| (b.digest, e))
                 })
             })
             .buffered(self.options.blob_concurrency.max(1))
             .try_collect()
             .await
-            .map_err(|e| match e {
+            .map_err(|(blob, e)| match e {
+                FetchError::Registry(RegistryError::NotFound { .. }) => CopyError::Missing {
+                    repository: repo.clone(),
+                    digest: digest.clone(),
+                    what: "blob",
+                    missing: blob,
+                },
                 FetchError::Registry(source) => registry_err(source),
                 FetchError::Store(source) => store_err(source),
             })?;
@@ -524,16 +589,10 @@ impl CopyEngine {
         repo: &RepositoryName,
         digest: &Digest,
     ) -> Result<(Bytes, Option<String>), RegistryError> {
-        // The client retries failed requests itself; bytes that do not match the digest
-        // may be a corrupted transfer, so they are fetched again, as blobs are.
-        let reference = digest.to_string();
-        let fetched = (|| self.registry.get_manifest(repo, &reference))
-            .retry(self.options.retry.backoff())
-            .when(|e| matches!(e, RegistryError::Digest { .. }))
-            .notify(|e, delay| {
-                self.stats.blob_retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(repository = %repo, %digest, error = %e, ?delay, "retrying manifest fetch");
-            })
+        // The client's fetch is the one retry layer: requests, bodies and digests.
+        let fetched = self
+            .registry
+            .get_manifest(repo, &digest.to_string())
             .await?;
         Ok((fetched.bytes, fetched.media_type))
     }
@@ -573,7 +632,17 @@ impl CopyEngine {
             // Another image may have copied it while this one waited: look again then,
             // and only then (an S3 HEAD per new blob saved, see docs/performance.md).
             let _guard = match lock.try_lock() {
-                Ok(guard) => guard,
+                // Free at once, yet another image may have finished this blob between this
+                // one's store lookup and now (and released its lock, so this is a new
+                // one): the engine's own record of what it wrote says so for free. Without
+                // this, a slow lookup under load let one process download a blob twice.
+                Ok(guard) => {
+                    if let Some(stored) = self.known.size(digest) {
+                        self.count(WriteOutcome::AlreadyExists, stored);
+                        return Ok(stored);
+                    }
+                    guard
+                }
                 Err(_) => {
                     let guard = lock.lock().await;
                     let stored = match self.known.size(digest) {
@@ -628,12 +697,18 @@ impl CopyEngine {
                 .map_err(FetchError::Store)?;
             Ok::<_, FetchError>(outcome)
         };
+        // The one retry layer of a blob: the request (429, 5xx, connection), the body and
+        // the digest are all retried here, within the engine's policy.
+        let max_delay = self.options.retry.max_delay;
         let outcome = attempt
             .retry(self.options.retry.backoff())
             .when(FetchError::is_retryable)
+            .adjust(|e, delay| {
+                delay.map(|d| e.retry_after().map_or(d, |ra| ra.min(max_delay)))
+            })
             .notify(|e, delay| {
                 self.stats.blob_retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(repository = %repo, %digest, error = %e, ?delay, "retrying blob transfer");
+                tracing::warn!(repository = %repo, %digest, error = %e, delay_ms = delay.as_millis() as u64, "retrying blob transfer");
             })
             .await?;
         let stored = match size {
@@ -645,7 +720,7 @@ impl CopyEngine {
                 .map_err(FetchError::Store)?
                 .unwrap_or(0),
         };
-        tracing::debug!(repository = %repo, %digest, size = stored, ?outcome, "blob transferred");
+        tracing::debug!(repository = %repo, %digest, size = stored, written = outcome == WriteOutcome::Written, "blob transferred");
         self.count(outcome, stored);
         Ok(stored)
     }
@@ -667,7 +742,20 @@ impl CopyEngine {
                 tags: Vec::new(),
                 observed_at: request.observed_at,
             };
-            Box::pin(self.copy_image_at_depth(&child, None, depth + 1)).await?;
+            match Box::pin(self.copy_image_at_depth(&child, None, depth + 1)).await {
+                Ok(_) => {}
+                // Listed by the registry, then not served: missing, not "gone" (the image
+                // asked for exists).
+                Err(CopyError::Gone { digest, .. }) => {
+                    return Err(CopyError::Missing {
+                        repository: request.repository.clone(),
+                        digest: request.digest.clone(),
+                        what: "referrer",
+                        missing: digest,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -703,9 +791,15 @@ enum FetchError {
 }
 
 impl FetchError {
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            FetchError::Registry(e) => e.retry_after(),
+            FetchError::Store(_) => None,
+        }
+    }
+
     fn is_retryable(&self) -> bool {
         match self {
-            // The client already retried the request itself; a broken body is retried here.
             FetchError::Registry(e) => e.is_transient(),
             // A mismatch may be a corrupted transfer: fetch again, within the policy.
             FetchError::Store(StoreError::Verify { .. }) => true,

@@ -66,6 +66,17 @@ where
     }
 }
 
+/// What ECR's API says of one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EcrImageState {
+    /// Listed and pullable.
+    Active,
+    /// In the archive storage class: listed, but not pullable until restored.
+    Archived,
+    /// Not there (the image or its repository was deleted).
+    Absent,
+}
+
 /// An ECR registry `<account>.dkr.ecr.<region>.amazonaws.com`, parsed from its host name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EcrRegistry {
@@ -205,6 +216,45 @@ impl EcrApi {
         Ok(out)
     }
 
+    /// What ECR's API says of one image: used to tell an image deleted since it was
+    /// listed from one archived meanwhile, or from a data plane that fails to serve it.
+    pub async fn image_state(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<EcrImageState, EcrError> {
+        let result = self
+            .client
+            .describe_images()
+            .set_registry_id(self.registry_id.clone())
+            .repository_name(repo.as_str())
+            .image_ids(
+                aws_sdk_ecr::types::ImageIdentifier::builder()
+                    .image_digest(digest.to_string())
+                    .build(),
+            )
+            .send()
+            .await;
+        let target = format!("{repo}@{digest}");
+        match result {
+            Ok(out) => Ok(match out.image_details().first() {
+                None => EcrImageState::Absent,
+                Some(d) if matches!(d.image_status(), Some(ImageStatus::Archived)) => {
+                    EcrImageState::Archived
+                }
+                Some(_) => EcrImageState::Active,
+            }),
+            Err(e) => {
+                let e = call_error("DescribeImages", &target, e);
+                if e.is_not_found() {
+                    Ok(EcrImageState::Absent)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// Creates a repository; false if it already existed.
     pub async fn create_repository(&self, repo: &RepositoryName) -> Result<bool, EcrError> {
         match self
@@ -327,7 +377,10 @@ impl CredentialSource for EcrCredentials {
                 .map_err(|e| RegistryError::Credentials {
                     message: e.to_string(),
                 })?;
-        tracing::debug!(valid_for = ?lifetime, "fetched an ECR registry token");
+        tracing::debug!(
+            valid_for_seconds = lifetime.as_secs(),
+            "fetched an ECR registry token"
+        );
         let refresh_at = Instant::now() + lifetime.saturating_sub(REFRESH_MARGIN);
         *cached = Some((credentials.clone(), refresh_at));
         Ok(credentials)

@@ -2,10 +2,14 @@
 //! lacks (or whose tags moved), and write the run's snapshot.
 //!
 //! A registry too large for one Lambda invocation is split by continuation: when the time
-//! budget runs out between repositories, the fan-out writes what it has as a snapshot
-//! part, sends a `continue-fanout` message naming the last repository done, and a worker
-//! picks the run up from there. Every part but the last is marked so, and a run counts
-//! as a complete snapshot only once its last part exists.
+//! budget (or the part's repository limit) runs out between repositories, the fan-out
+//! writes what it has as a snapshot part, *then* sends a `continue-fanout` message naming
+//! the last repository done, and a worker picks the run up from there. Every part but the
+//! last is marked so; the last says how many parts the run has, and a run counts as a
+//! complete snapshot only when all of them exist ([`crate::store::Run`]). A crash
+//! between the part and the message leaves an incomplete run, which readers ignore and
+//! the next scheduled run replaces; the other order could leave a run that looks complete
+//! with a part missing.
 
 use std::time::{Duration, Instant};
 
@@ -55,11 +59,13 @@ pub struct FanoutRun {
     pub taken_at: DateTime<Utc>,
     /// Repository and tag selection.
     pub filter: FilterSpec,
+    /// Most repositories one part enumerates (`None`: only the time budget cuts a part).
+    pub part_repositories: Option<u32>,
 }
 
 impl FanoutRun {
     /// A new run starting now.
-    pub fn start(filter: FilterSpec) -> FanoutRun {
+    pub fn start(filter: FilterSpec, part_repositories: Option<u32>) -> FanoutRun {
         let taken_at = Utc::now();
         let id = Snapshot::new(String::new(), taken_at).id;
         FanoutRun {
@@ -68,6 +74,7 @@ impl FanoutRun {
             after: None,
             taken_at,
             filter,
+            part_repositories,
         }
     }
 }
@@ -93,6 +100,11 @@ pub struct FanoutReport {
     pub send_calls: u64,
     /// Set when the budget ran out: the run continues after this repository.
     pub continued_after: Option<RepositoryName>,
+    /// True when this part was the run's last, so the run is complete.
+    pub run_complete: bool,
+    /// True when another invocation had already written this part differently (a
+    /// duplicate continuation message): this one stopped without continuing the run.
+    pub duplicate: bool,
     /// Wall time in seconds.
     pub elapsed_seconds: f64,
 }
@@ -140,6 +152,8 @@ pub async fn fan_out(
         images_archived: 0,
         send_calls: 0,
         continued_after: None,
+        run_complete: false,
+        duplicate: false,
         elapsed_seconds: 0.0,
     };
 
@@ -185,7 +199,10 @@ pub async fn fan_out(
             pending.drain(..full);
         }
         last_done = Some(repo);
-        if started.elapsed() >= budget {
+        let part_full = run
+            .part_repositories
+            .is_some_and(|n| report.repositories >= u64::from(n.max(1)));
+        if started.elapsed() >= budget || part_full {
             break;
         }
     }
@@ -197,23 +214,62 @@ pub async fn fan_out(
         .as_ref()
         .is_some_and(|l| repositories.last() != Some(l));
     if unfinished {
-        let after = last_done.clone().expect("set when unfinished");
-        queue
-            .send(&[Message::ContinueFanout {
-                version: MESSAGE_VERSION,
-                run_id: run.run_id.clone(),
-                part: run.part + 1,
-                after: after.clone(),
-                observed_at: run.taken_at,
-                filter: run.filter.clone(),
-            }])
-            .await?;
         plan.snapshot.last = false;
-        report.continued_after = Some(after);
+        plan.snapshot.parts = None;
     }
-    store.put_snapshot(&plan.snapshot).await?;
-    if !unfinished {
-        backup::rebuild_index(store, &Default::default()).await?;
+    // The part first, then the message that continues the run (see the module docs).
+    let mut continue_after = unfinished.then(|| last_done.clone().expect("set when unfinished"));
+    match store.put_snapshot(&plan.snapshot).await {
+        Ok(_) => {}
+        Err(StoreError::Conflict { key }) => {
+            // Another invocation wrote this part (SQS delivers at least once, and a send
+            // that failed after the part was written is retried). Its part is the one the
+            // run keeps, so the run goes on from *its* cut: whether it sent the
+            // continuation cannot be known, and a second one only repeats work (the next
+            // part then conflicts the same way), where none would leave the run
+            // incomplete for good.
+            let existing = store
+                .snapshot(&plan.snapshot.id)
+                .await?
+                .ok_or_else(|| FanoutError::Store(StoreError::NotFound { key: key.clone() }))?;
+            tracing::warn!(run_id = %run.run_id, part = run.part, key = %key, "this part of the run was already written by another invocation; going on from its cut");
+            report.duplicate = true;
+            continue_after = if existing.last {
+                None
+            } else {
+                existing
+                    .repositories
+                    .keys()
+                    .next_back()
+                    .cloned()
+                    .or_else(|| run.after.clone())
+            };
+            if continue_after.is_none() && !existing.last {
+                // A part without repositories that is not the last is never written.
+                return Err(FanoutError::Store(StoreError::Conflict { key }));
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    match continue_after {
+        Some(after) => {
+            queue
+                .send(&[Message::ContinueFanout {
+                    version: MESSAGE_VERSION,
+                    run_id: run.run_id.clone(),
+                    part: run.part + 1,
+                    after: after.clone(),
+                    observed_at: run.taken_at,
+                    filter: run.filter.clone(),
+                    part_repositories: run.part_repositories,
+                }])
+                .await?;
+            report.continued_after = Some(after);
+        }
+        None => {
+            report.run_complete = true;
+            backup::rebuild_index(store, &Default::default()).await?;
+        }
     }
     report.images_up_to_date = plan.up_to_date as u64;
     report.images_archived = plan.archived.len() as u64;

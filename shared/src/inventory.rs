@@ -8,11 +8,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::backup::tag_view;
+use crate::backup::{latest_run, tag_view_from};
 use crate::digest::Digest;
 use crate::names::{RepositoryName, Tag};
 use crate::records::Snapshot;
-use crate::store::{Catalog, Store, StoreError};
+use crate::store::{Catalog, Run, Store, StoreError};
 
 /// Records read at once when a listing needs many of them.
 const READ_CONCURRENCY: usize = 16;
@@ -30,6 +30,16 @@ pub enum InventoryError {
         id: String,
         /// The store.
         store: String,
+    },
+    /// `--snapshot` named a run some of whose parts are missing.
+    #[error("snapshot {id:?} in {store} is incomplete (missing parts: {}); its fan-out did not finish, so it does not describe the whole registry: use --as-of, or another snapshot", if missing.is_empty() { "the last".to_owned() } else { missing.iter().map(u32::to_string).collect::<Vec<_>>().join(", ") })]
+    IncompleteRun {
+        /// The run.
+        id: String,
+        /// The store.
+        store: String,
+        /// Part numbers missing (empty when only the last is unknown).
+        missing: Vec<u32>,
     },
     /// `--as-of` is neither RFC 3339 nor `YYYY-MM-DD`.
     #[error(
@@ -146,14 +156,7 @@ pub async fn view_at(
 ) -> Result<TagView, InventoryError> {
     match point {
         PointInTime::Snapshot(id) => {
-            let snapshot =
-                store
-                    .snapshot(id)
-                    .await?
-                    .ok_or_else(|| InventoryError::UnknownSnapshot {
-                        id: id.clone(),
-                        store: store.location(),
-                    })?;
+            let snapshot = complete_run(store, id).await?.snapshot();
             let tags = snapshot
                 .repositories
                 .iter()
@@ -173,44 +176,33 @@ pub async fn view_at(
                 PointInTime::AsOf(t) => Some(*t),
                 _ => None,
             };
+            let base = latest_run(store, at).await?;
             Ok(TagView {
-                tags: tag_view(store, catalog, at).await?,
-                snapshot: latest_snapshot(store, at).await?,
+                tags: tag_view_from(base.as_ref(), catalog, at),
+                snapshot: base,
             })
         }
     }
 }
 
-/// The snapshot taken last at or before `at` (or ever).
-pub async fn latest_snapshot(
-    store: &Store,
-    at: Option<DateTime<Utc>>,
-) -> Result<Option<Snapshot>, StoreError> {
-    let ids = store.snapshot_ids().await?;
-    let mut best: Option<Snapshot> = None;
-    for id in ids.iter().rev() {
-        // Ids sort by time to the second only: keep reading the ids of the best one's
-        // second, whose random suffixes do not follow time.
-        if let Some(b) = &best {
-            if !id.starts_with(second_of(&b.id)) {
-                break;
-            }
-        }
-        let Some(snapshot) = store.snapshot(id).await? else {
-            continue;
-        };
-        if at.is_some_and(|at| snapshot.taken_at > at) {
-            continue;
-        }
-        if best.as_ref().is_none_or(|b| snapshot.taken_at > b.taken_at) {
-            best = Some(snapshot);
-        }
+/// The run `id` names (a run id or one of its parts' ids), which must be complete: a run
+/// with a part missing does not describe the whole registry.
+pub async fn complete_run(store: &Store, id: &str) -> Result<Run, InventoryError> {
+    let run = store
+        .run(id)
+        .await?
+        .ok_or_else(|| InventoryError::UnknownSnapshot {
+            id: id.to_owned(),
+            store: store.location(),
+        })?;
+    if !run.is_complete() {
+        return Err(InventoryError::IncompleteRun {
+            id: run.id.clone(),
+            store: store.location(),
+            missing: run.missing_parts(),
+        });
     }
-    Ok(best)
-}
-
-fn second_of(id: &str) -> &str {
-    id.split_once('-').map_or(id, |(second, _)| second)
+    Ok(run)
 }
 
 /// One repository in `ls`.
@@ -233,7 +225,7 @@ pub struct RepositorySummary {
 pub async fn repositories(store: &Store) -> Result<Vec<RepositorySummary>, InventoryError> {
     store.ensure_exists().await?;
     let catalog = store.catalog(None).await?;
-    let view = tag_view(store, &catalog, None).await?;
+    let view = tag_view_from(latest_run(store, None).await?.as_ref(), &catalog, None);
     let mut tag_counts: BTreeMap<&RepositoryName, usize> = BTreeMap::new();
     for (repo, _) in view.keys() {
         *tag_counts.entry(repo).or_default() += 1;
@@ -326,8 +318,8 @@ pub async fn repository(
 ) -> Result<RepositoryDetail, InventoryError> {
     store.ensure_exists().await?;
     let catalog = store.catalog(Some(repo)).await?;
-    let view = tag_view(store, &catalog, None).await?;
-    let latest = latest_snapshot(store, None).await?;
+    let latest = latest_run(store, None).await?;
+    let view = tag_view_from(latest.as_ref(), &catalog, None);
     let current: BTreeMap<Tag, Digest> = view
         .into_iter()
         .filter(|((r, _), _)| r == repo)
@@ -409,15 +401,19 @@ pub async fn repository(
     })
 }
 
-/// One snapshot in `ls --snapshots`.
+/// One run in `ls --snapshots`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotSummary {
-    /// Its id.
+    /// The run's id (what `--snapshot` takes).
     pub id: String,
     /// When the registry was enumerated.
     pub taken_at: DateTime<Utc>,
     /// The registry.
     pub source: String,
+    /// Snapshot parts found.
+    pub parts: usize,
+    /// True when every part is there: only complete runs are used by `--as-of` and "now".
+    pub complete: bool,
     /// Repositories seen.
     pub repositories: usize,
     /// Images seen, tagged or not.
@@ -426,27 +422,27 @@ pub struct SnapshotSummary {
     pub tags: usize,
 }
 
-/// Every snapshot, oldest first.
+/// Every run, oldest first, its parts merged.
 pub async fn snapshots(store: &Store) -> Result<Vec<SnapshotSummary>, InventoryError> {
     store.ensure_exists().await?;
-    let ids = store.snapshot_ids().await?;
-    let mut out: Vec<SnapshotSummary> = futures::stream::iter(ids)
-        .map(|id| async move { store.snapshot(&id).await })
-        .buffered(READ_CONCURRENCY)
-        .try_filter_map(|s| async move {
-            Ok(s.map(|s| SnapshotSummary {
+    Ok(store
+        .runs()
+        .await?
+        .into_iter()
+        .map(|run| {
+            let s = run.snapshot();
+            SnapshotSummary {
                 repositories: s.repositories.len(),
                 images: s.image_count(),
                 tags: s.repositories.values().map(|r| r.tags.len()).sum(),
-                id: s.id,
-                taken_at: s.taken_at,
-                source: s.source,
-            }))
+                parts: run.parts.len(),
+                complete: run.is_complete(),
+                id: run.id,
+                taken_at: run.taken_at,
+                source: run.source,
+            }
         })
-        .try_collect()
-        .await?;
-    out.sort_by_key(|s| s.taken_at);
-    Ok(out)
+        .collect())
 }
 
 #[cfg(test)]

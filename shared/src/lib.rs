@@ -36,6 +36,7 @@ pub mod records;
 pub mod redrive;
 pub mod registry;
 pub mod restore;
+pub mod runtime_api;
 pub mod source;
 pub mod store;
 pub mod verify;

@@ -35,6 +35,17 @@ pub enum Reason {
     Redrive,
 }
 
+impl Reason {
+    /// The name used in messages and logs (`schedule`, `push`, `redrive`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Schedule => "schedule",
+            Reason::Push => "push",
+            Reason::Redrive => "redrive",
+        }
+    }
+}
+
 /// A message of this project's own schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -76,6 +87,13 @@ pub enum Message {
         /// The run's repository and tag selection.
         #[serde(default)]
         filter: FilterSpec,
+        /// Most repositories one part may enumerate (absent: only the time budget cuts).
+        #[serde(
+            rename = "partRepositories",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        part_repositories: Option<u32>,
     },
 }
 
@@ -112,6 +130,8 @@ pub enum Task {
         observed_at: DateTime<Utc>,
         /// The run's selection.
         filter: FilterSpec,
+        /// Most repositories one part may enumerate.
+        part_repositories: Option<u32>,
     },
     /// An event this worker does not act on (a failed push, another action); acknowledged.
     Ignore {
@@ -203,6 +223,7 @@ impl Message {
                 after,
                 observed_at,
                 filter,
+                part_repositories,
                 ..
             } => Task::ContinueFanout {
                 run_id,
@@ -210,6 +231,7 @@ impl Message {
                 after,
                 observed_at,
                 filter,
+                part_repositories,
             },
         }
     }

@@ -25,6 +25,13 @@ const SEND_ATTEMPTS: usize = 4;
 pub const ERROR_ATTRIBUTE: &str = "ecr-backup-error";
 /// Message attribute with the receive count at the time of the failure.
 pub const RECEIVE_COUNT_ATTRIBUTE: &str = "ecr-backup-receive-count";
+/// Message attribute with the time of the last failure, when it was dead-lettered.
+pub const FAILED_AT_ATTRIBUTE: &str = "ecr-backup-failed-at";
+/// Message attribute with the id the message had when it first failed (a copy into the
+/// dead-letter queue, and a redrive, give it a new one).
+pub const ORIGINAL_ID_ATTRIBUTE: &str = "ecr-backup-original-message-id";
+/// Message attribute with when SQS first handed the message out, kept across redrives.
+pub const FIRST_RECEIVED_ATTRIBUTE: &str = "ecr-backup-first-received-at";
 
 /// An SQS call failed; names the call and the queue.
 #[derive(Debug, thiserror::Error)]

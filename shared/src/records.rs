@@ -137,6 +137,11 @@ pub struct Snapshot {
     /// True on the run's final part: only runs whose last part exists are complete.
     #[serde(default = "yes")]
     pub last: bool,
+    /// On the final part: how many parts the run has, so that a reader can tell a run
+    /// with a part missing from a complete one (absent in stores written before it was
+    /// recorded: then the final part's number plus one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u32>,
     /// Repository name → its images and tags.
     pub repositories: BTreeMap<RepositoryName, SnapshotRepository>,
 }
@@ -175,11 +180,13 @@ impl Snapshot {
             run: None,
             part: 0,
             last: true,
+            parts: Some(1),
             repositories: BTreeMap::new(),
         }
     }
 
-    /// Part `part` of run `run` (ids `<run>` for part 0, `<run>.<part>` after).
+    /// Part `part` of run `run` (ids `<run>` for part 0, `<run>.<part>` after); the last
+    /// part records the run's part count.
     pub fn part_of(
         run: &str,
         part: u32,
@@ -189,16 +196,13 @@ impl Snapshot {
     ) -> Snapshot {
         Snapshot {
             version: RECORD_VERSION,
-            id: if part == 0 {
-                run.to_owned()
-            } else {
-                format!("{run}.{part}")
-            },
+            id: crate::store::part_id(run, part),
             source,
             taken_at,
             run: Some(run.to_owned()),
             part,
             last,
+            parts: last.then_some(part + 1),
             repositories: BTreeMap::new(),
         }
     }

@@ -804,7 +804,7 @@ impl Engine<'_> {
             .when(BlobError::is_retryable)
             .notify(|e, delay| {
                 self.stats.blob_retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(repository = %repo, %digest, error = %e, ?delay, "retrying blob upload");
+                tracing::warn!(repository = %repo, %digest, error = %e, delay_ms = delay.as_millis() as u64, "retrying blob upload");
             })
             .await
     }

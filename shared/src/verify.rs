@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::digest::{Digest, DigestVerifier};
-use crate::inventory::InventoryError;
+use crate::inventory::{self, InventoryError};
 use crate::names::{RepositoryName, Tag};
 use crate::progress::Reporter;
 use crate::records::ImageRecord;
@@ -231,17 +231,7 @@ pub async fn verify(
     let started = Instant::now();
     store.ensure_exists().await?;
     let snapshot = match &options.snapshot {
-        Some(id) => {
-            Some(
-                store
-                    .snapshot(id)
-                    .await?
-                    .ok_or_else(|| InventoryError::UnknownSnapshot {
-                        id: id.clone(),
-                        store: store.location(),
-                    })?,
-            )
-        }
+        Some(id) => Some(inventory::complete_run(store, id).await?.snapshot()),
         None => None,
     };
     let catalog = store.catalog(None).await?;

@@ -12,12 +12,16 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::backup::error_chain;
-use crate::copy::{CopyEngine, CopyError, ImageOutcome};
+use crate::copy::{CopyEngine, CopyError, CopyRequest, FailureKind, ImageOutcome};
+use crate::digest::Digest;
+use crate::ecr::EcrImageState;
 use crate::fanout::{fan_out, FanoutError, FanoutReport, FanoutRun};
 use crate::filter::ImageFilter;
 use crate::message::{self, MessageError, Reason, Task};
+use crate::names::RepositoryName;
 use crate::queue::{
-    OutgoingMessage, QueueError, SqsQueue, ERROR_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE,
+    OutgoingMessage, QueueError, SqsQueue, ERROR_ATTRIBUTE, FAILED_AT_ATTRIBUTE,
+    FIRST_RECEIVED_ATTRIBUTE, ORIGINAL_ID_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE,
 };
 use crate::records::{DeletionRecord, RECORD_VERSION};
 use crate::source::Source;
@@ -42,8 +46,46 @@ pub enum TaskOutcome {
     FanoutContinued(FanoutReport),
     /// Nothing to do, and why.
     Ignored(String),
-    /// The image no longer exists at the source; nothing to copy, and why.
-    Gone(String),
+    /// The image no longer exists at the source (its manifest answered 404, and ECR's
+    /// API, when there is one, does not list it): nothing to copy.
+    Gone {
+        /// The repository.
+        repository: RepositoryName,
+        /// The image.
+        digest: Digest,
+    },
+    /// The image is archived in ECR and cannot be pulled until it is restored; it is not
+    /// backed up, and is counted (`ImagesArchived`) rather than retried until it is.
+    Archived {
+        /// The repository.
+        repository: RepositoryName,
+        /// The image.
+        digest: Digest,
+    },
+}
+
+/// What a 404 for the image asked for means, given what ECR's API says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unserved {
+    /// Deleted since it was listed: acknowledge.
+    Gone,
+    /// Archived meanwhile: acknowledge, count it.
+    Archived,
+    /// ECR lists it as pullable, yet the registry would not serve it: a failure, retried
+    /// and finally dead-lettered, never acknowledged as gone.
+    Failure,
+}
+
+impl Unserved {
+    /// Decides from ECR's answer (`None`: the source has no ECR API, so the registry's
+    /// 404 for the image's own manifest is all there is to go by).
+    pub fn from_ecr(state: Option<EcrImageState>) -> Unserved {
+        match state {
+            None | Some(EcrImageState::Absent) => Unserved::Gone,
+            Some(EcrImageState::Archived) => Unserved::Archived,
+            Some(EcrImageState::Active) => Unserved::Failure,
+        }
+    }
 }
 
 /// A task failed.
@@ -94,6 +136,24 @@ pub struct BatchItem {
     pub receive_count: u32,
     /// String attributes, carried over when dead-lettering.
     pub attributes: HashMap<String, String>,
+    /// When SQS first handed the message out (`ApproximateFirstReceiveTimestamp`).
+    pub first_received_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// Longest error text kept in the dead-letter attribute (SQS allows far more; a longer
+/// cause chain is in the log line of the failure).
+const MAX_ERROR_ATTRIBUTE: usize = 1000;
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn truncate_at_char(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// What a batch did.
@@ -109,8 +169,14 @@ pub struct BatchResult {
     pub errors: u64,
     /// Messages dead-lettered by the worker with their error.
     pub dead_lettered: u64,
-    /// Messages acknowledged with nothing to do (ignored events, images gone).
+    /// Messages acknowledged with nothing to do (ignored events).
     pub skipped: u64,
+    /// Images acknowledged because they no longer exist at the source.
+    pub gone: u64,
+    /// Images not backed up because ECR has them archived (`repository@digest`).
+    pub archived: Vec<String>,
+    /// Fan-out runs whose last part this batch wrote.
+    pub runs_completed: u64,
 }
 
 impl Worker {
@@ -167,13 +233,11 @@ impl Worker {
                         }
                     }
                 }
-                tracing::info!(repository = %request.repository, digest = %request.digest, ?reason, "copying image");
+                tracing::info!(repository = %request.repository, digest = %request.digest, reason = reason.as_str(), "copying image");
                 match self.engine.copy_image(&request, None).await {
                     Ok(ImageOutcome::Copied { .. }) => Ok(TaskOutcome::Copied),
                     Ok(ImageOutcome::AlreadyPresent) => Ok(TaskOutcome::AlreadyPresent),
-                    Err(e) if e.is_gone() => Ok(TaskOutcome::Gone(error_chain(&e))),
-                    Err(e @ CopyError::Archived { .. }) => Ok(TaskOutcome::Gone(e.to_string())),
-                    Err(e) => Err(e.into()),
+                    Err(e) => self.settle_failure(&request, e).await,
                 }
             }
             Task::RecordDeletion {
@@ -200,6 +264,7 @@ impl Worker {
                 after,
                 observed_at,
                 filter,
+                part_repositories,
             } => {
                 let run = FanoutRun {
                     run_id,
@@ -207,6 +272,7 @@ impl Worker {
                     after: Some(after),
                     taken_at: observed_at,
                     filter,
+                    part_repositories,
                 };
                 let report = fan_out(
                     &self.source,
@@ -219,6 +285,45 @@ impl Worker {
                 Ok(TaskOutcome::FanoutContinued(report))
             }
             Task::Ignore { why } => Ok(TaskOutcome::Ignored(why)),
+        }
+    }
+
+    /// Turns a copy failure into the message's outcome: only the image itself being
+    /// gone or archived is acknowledged, and only on the structured kind of the failure
+    /// (confirmed by ECR's API when the source has one); every other failure fails the
+    /// message, so it is retried and finally dead-lettered with its error.
+    async fn settle_failure(
+        &self,
+        request: &CopyRequest,
+        error: CopyError,
+    ) -> Result<TaskOutcome, TaskError> {
+        let unserved = match error.kind() {
+            FailureKind::Archived => Unserved::Archived,
+            FailureKind::Gone => {
+                let state = match self.source.ecr() {
+                    None => None,
+                    Some(api) => {
+                        match api.image_state(&request.repository, &request.digest).await {
+                            Ok(state) => Some(state),
+                            Err(e) => {
+                                tracing::warn!(repository = %request.repository, digest = %request.digest, error = %e, "could not ask ECR whether the image still exists; failing the message");
+                                return Err(error.into());
+                            }
+                        }
+                    }
+                };
+                Unserved::from_ecr(state)
+            }
+            _ => return Err(error.into()),
+        };
+        let (repository, digest) = (request.repository.clone(), request.digest.clone());
+        match unserved {
+            Unserved::Gone => Ok(TaskOutcome::Gone { repository, digest }),
+            Unserved::Archived => Ok(TaskOutcome::Archived { repository, digest }),
+            Unserved::Failure => {
+                tracing::error!(repository = %repository, digest = %digest, "ECR lists the image as pullable but its registry answered 404");
+                Err(error.into())
+            }
         }
     }
 
@@ -246,15 +351,22 @@ impl Worker {
             match outcome {
                 Ok(TaskOutcome::Copied) => result.copied += 1,
                 Ok(TaskOutcome::AlreadyPresent) => result.present += 1,
-                Ok(TaskOutcome::Gone(why)) => {
-                    tracing::warn!(message_id = %item.message_id, reason = %why, "image no longer at the source; message acknowledged");
-                    result.skipped += 1;
+                Ok(TaskOutcome::Gone { repository, digest }) => {
+                    tracing::warn!(message_id = %item.message_id, repository = %repository, digest = %digest, "image no longer at the source; message acknowledged");
+                    result.gone += 1;
+                }
+                Ok(TaskOutcome::Archived { repository, digest }) => {
+                    tracing::warn!(message_id = %item.message_id, repository = %repository, digest = %digest, "image is archived in ECR and was not backed up; restore it to ACTIVE and it is copied by the next run");
+                    result.archived.push(format!("{repository}@{digest}"));
                 }
                 Ok(TaskOutcome::Ignored(why)) => {
                     tracing::info!(message_id = %item.message_id, reason = %why, "nothing to do");
                     result.skipped += 1;
                 }
-                Ok(TaskOutcome::DeletionRecorded | TaskOutcome::FanoutContinued(_)) => {}
+                Ok(TaskOutcome::FanoutContinued(report)) => {
+                    result.runs_completed += u64::from(report.run_complete);
+                }
+                Ok(TaskOutcome::DeletionRecorded) => {}
                 Err(e) => {
                     result.errors += 1;
                     let error = error_chain(&e);
@@ -307,19 +419,66 @@ impl Worker {
             return Ok(false);
         }
         let mut attributes = item.attributes.clone();
-        let mut error = error.to_owned();
-        error.truncate(1000);
-        attributes.insert(ERROR_ATTRIBUTE.into(), error);
+        attributes.insert(
+            ERROR_ATTRIBUTE.into(),
+            truncate_at_char(error, MAX_ERROR_ATTRIBUTE).to_owned(),
+        );
         attributes.insert(
             RECEIVE_COUNT_ATTRIBUTE.into(),
             item.receive_count.to_string(),
         );
-        attributes.insert("ecr-backup-failed-at".into(), Utc::now().to_rfc3339());
+        attributes.insert(FAILED_AT_ATTRIBUTE.into(), Utc::now().to_rfc3339());
+        // The DLQ copy gets a new message id: keep the first one, and when the message
+        // was first received, across any number of redrives (the first values stay).
+        attributes
+            .entry(ORIGINAL_ID_ATTRIBUTE.into())
+            .or_insert_with(|| item.message_id.clone());
+        if let Some(first) = item.first_received_at {
+            attributes
+                .entry(FIRST_RECEIVED_ATTRIBUTE.into())
+                .or_insert_with(|| first.to_rfc3339());
+        }
         dlq.send_raw(&[OutgoingMessage {
             body: item.body.clone(),
             attributes,
         }])
         .await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_is_cut_on_a_character_boundary() {
+        // 999 ASCII bytes, then a 3-byte character across the 1000-byte limit.
+        let text = format!("{}€ and more", "x".repeat(999));
+        let cut = truncate_at_char(&text, MAX_ERROR_ATTRIBUTE);
+        assert_eq!(cut.len(), 999);
+        assert!(text.starts_with(cut));
+        let multi = "é".repeat(800);
+        assert_eq!(truncate_at_char(&multi, 1000).len(), 1000);
+        assert_eq!(truncate_at_char(&multi, 1001).len(), 1000);
+        assert_eq!(truncate_at_char("short", 1000), "short");
+    }
+
+    #[test]
+    fn only_an_image_ecr_does_not_list_as_pullable_is_acknowledged() {
+        assert_eq!(Unserved::from_ecr(None), Unserved::Gone, "no ECR API");
+        assert_eq!(
+            Unserved::from_ecr(Some(EcrImageState::Absent)),
+            Unserved::Gone
+        );
+        assert_eq!(
+            Unserved::from_ecr(Some(EcrImageState::Archived)),
+            Unserved::Archived
+        );
+        assert_eq!(
+            Unserved::from_ecr(Some(EcrImageState::Active)),
+            Unserved::Failure,
+            "a pullable image the registry does not serve is a failure"
+        );
     }
 }

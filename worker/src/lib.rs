@@ -110,6 +110,11 @@ pub async fn handle(context: &WorkerContext, event: SqsEvent) -> SqsBatchRespons
                 .iter()
                 .filter_map(|(k, v)| Some((k.clone(), v.string_value.clone()?)))
                 .collect(),
+            first_received_at: record
+                .attributes
+                .get("ApproximateFirstReceiveTimestamp")
+                .and_then(|v| v.parse::<i64>().ok())
+                .and_then(chrono::DateTime::from_timestamp_millis),
         });
     }
     let result = context.worker.run_batch(items, context.concurrency).await;
@@ -119,6 +124,8 @@ pub async fn handle(context: &WorkerContext, event: SqsEvent) -> SqsBatchRespons
         &[
             Metric::count("ImagesCopied", result.copied),
             Metric::count("ImagesSkipped", result.present + result.skipped),
+            Metric::count("ImagesGone", result.gone),
+            Metric::count("ImagesArchived", result.archived.len() as u64),
             Metric::count("ImagesFailed", result.errors),
             Metric::count("MessagesDeadLettered", result.dead_lettered),
             Metric {
@@ -137,6 +144,14 @@ pub async fn handle(context: &WorkerContext, event: SqsEvent) -> SqsBatchRespons
             },
         ],
     );
+    if result.runs_completed > 0 {
+        // A run's last part may be written by a worker (a continued fan-out): the
+        // completed-runs metric is the fan-out's, whoever wrote the part.
+        metrics::emit(
+            "fanout",
+            &[Metric::count("RunsCompleted", result.runs_completed)],
+        );
+    }
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failures
         .into_iter()

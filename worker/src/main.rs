@@ -13,7 +13,14 @@ async fn main() -> Result<(), Error> {
         .with_current_span(true)
         .without_time()
         .init();
-    let context = WorkerContext::from_env().await?;
+    let context = match WorkerContext::from_env().await {
+        Ok(context) => context,
+        Err(e) => {
+            // Told to Lambda as an init error naming what is wrong (a variable, a client).
+            ecr_backup::runtime_api::report_init_error(&format!("{e:#}")).await;
+            return Err(e.into());
+        }
+    };
     let context = &context;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<_, Error>(handle(context, event.payload).await)

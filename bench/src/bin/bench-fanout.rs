@@ -261,7 +261,7 @@ async fn main() -> Result<()> {
         let source = Source::from_parts(REGISTRY.into(), registry, Some(api));
         let store = Store::new(Arc::new(S3Backend::new(counted.s3, location.clone())));
         let queue = SqsQueue::new(counted.sqs, queue_url.clone());
-        let run = FanoutRun::start(filter.clone());
+        let run = FanoutRun::start(filter.clone(), None);
         let report = fan_out(&source, &store, &queue, &run, Duration::from_secs(600)).await?;
         let calls = counter.take();
         let sent = queue

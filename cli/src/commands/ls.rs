@@ -41,14 +41,20 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
             return Ok(Outcome::Success);
         }
         println!(
-            "{:<24}  {:<19}  {:>5}  {:>6}  {:>5}  SOURCE",
-            "SNAPSHOT", "TAKEN (UTC)", "REPOS", "IMAGES", "TAGS"
+            "{:<24}  {:<19}  {:<10}  {:>5}  {:>6}  {:>5}  SOURCE",
+            "SNAPSHOT", "TAKEN (UTC)", "PARTS", "REPOS", "IMAGES", "TAGS"
         );
         for s in &snapshots {
+            let parts = if s.complete {
+                s.parts.to_string()
+            } else {
+                format!("{} (incomplete)", s.parts)
+            };
             println!(
-                "{:<24}  {:<19}  {:>5}  {:>6}  {:>5}  {}",
+                "{:<24}  {:<19}  {:<10}  {:>5}  {:>6}  {:>5}  {}",
                 s.id,
                 time(Some(s.taken_at)),
+                parts,
                 s.repositories,
                 s.images,
                 s.tags,

@@ -94,6 +94,28 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// The kind of failure, from the variant and status (a 404 is decided by the caller,
+    /// who knows what was asked for: [`crate::copy::CopyError::Gone`] or `Missing`).
+    pub fn kind(&self) -> crate::copy::FailureKind {
+        use crate::copy::FailureKind;
+        match self {
+            RegistryError::Status { status: 429, .. } => FailureKind::Throttled,
+            RegistryError::Connect { .. } | RegistryError::Status { .. } if self.is_transient() => {
+                FailureKind::Transient
+            }
+            RegistryError::NotFound { .. } => FailureKind::MissingReferenced,
+            RegistryError::Digest { .. } | RegistryError::ManifestTooLarge { .. } => {
+                FailureKind::Corrupt
+            }
+            RegistryError::Protocol { .. } => FailureKind::Corrupt,
+            RegistryError::Connect { .. }
+            | RegistryError::Status { .. }
+            | RegistryError::Unauthorized { .. }
+            | RegistryError::InvalidUrl { .. }
+            | RegistryError::Credentials { .. } => FailureKind::Refused,
+        }
+    }
+
     /// True when the same request may succeed later: throttling, 5xx, broken connections.
     pub fn is_transient(&self) -> bool {
         match self {

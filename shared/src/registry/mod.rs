@@ -372,6 +372,51 @@ impl RegistryClient {
             })
     }
 
+    /// Sends one request (answering an auth challenge): an answer of 429, 408 or 5xx is
+    /// returned as its transient error, any other as the response. No retries: each
+    /// request has one retry layer, which is [`Self::send`]'s loop or the caller's.
+    async fn attempt(
+        &self,
+        op: &'static str,
+        target: &str,
+        scope: &str,
+        build: &(dyn Fn() -> reqwest::RequestBuilder + Send + Sync),
+    ) -> Result<reqwest::Response, RegistryError> {
+        let response = self.send_once(op, target, scope, build).await?;
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status.is_server_error()
+        {
+            return Err(status_error(op, target, response).await);
+        }
+        Ok(response)
+    }
+
+    /// Runs `attempt` under the client's retry policy: transient failures (and those
+    /// `also` names) are retried, honouring `Retry-After` within the longest delay.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        attempt: F,
+        also: fn(&RegistryError) -> bool,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        attempt
+            .retry(self.retry.backoff())
+            .when(|e| e.is_transient() || also(e))
+            .adjust(|e, delay| {
+                delay.map(|d| e.retry_after().map_or(d, |ra| ra.min(self.retry.max_delay)))
+            })
+            .notify(|e, delay| {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "retrying registry request");
+            })
+            .await
+    }
+
     /// Sends a request with retries on transient failures; returns the response of any
     /// status that is not an auth failure, 429 or 5xx.
     async fn send(
@@ -381,29 +426,13 @@ impl RegistryClient {
         scope: &str,
         build: &(dyn Fn() -> reqwest::RequestBuilder + Send + Sync),
     ) -> Result<reqwest::Response, RegistryError> {
-        let attempt = || async {
-            let response = self.send_once(op, target, scope, build).await?;
-            let status = response.status();
-            if status == StatusCode::TOO_MANY_REQUESTS
-                || status == StatusCode::REQUEST_TIMEOUT
-                || status.is_server_error()
-            {
-                return Err(status_error(op, target, response).await);
-            }
-            Ok(response)
-        };
-        attempt
-            .retry(self.retry.backoff())
-            .when(RegistryError::is_transient)
-            .adjust(|e, delay| {
-                // Honour Retry-After, within the policy's longest delay.
-                delay.map(|d| e.retry_after().map_or(d, |ra| ra.min(self.retry.max_delay)))
-            })
-            .notify(|e, delay| {
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, ?delay, "retrying registry request");
-            })
+        self.with_retries(|| self.attempt(op, target, scope, build), |_| false)
             .await
+    }
+
+    /// The retry policy of this client's requests.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
     }
 
     /// Checks that the registry speaks the distribution API and accepts the credentials.
@@ -565,9 +594,13 @@ impl RegistryClient {
     ) -> Result<FetchedManifest, RegistryError> {
         let t = target(repo, reference);
         let url = self.url_for(&format!("/v2/{repo}/manifests/{reference}"));
+        let expected = reference.parse::<Digest>().ok();
+        // One retry layer for the whole fetch: the request, the body (a read can fail
+        // after the headers arrived), and the digest (bytes that do not match may be a
+        // corrupted transfer, so they are fetched again, as blobs are).
         let fetch = || async {
             let response = self
-                .send("fetch manifest", &t, &pull_scope(repo), &|| {
+                .attempt("fetch manifest", &t, &pull_scope(repo), &|| {
                     self.http
                         .get(url.clone())
                         .header(ACCEPT, accept_manifests())
@@ -608,22 +641,21 @@ impl RegistryClient {
                     });
                 }
             }
-            Ok((bytes.freeze(), media_type))
+            let bytes = bytes.freeze();
+            if let Some(expected) = &expected {
+                expected
+                    .verify(&bytes)
+                    .map_err(|source| RegistryError::Digest {
+                        target: t.clone(),
+                        source,
+                    })?;
+            }
+            Ok((bytes, media_type))
         };
-        // Body reads can fail after the headers arrived: retry those too.
-        let (bytes, media_type) = fetch
-            .retry(self.retry.backoff())
-            .when(RegistryError::is_transient)
-            .notify(|_, _| {
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            })
+        let (bytes, media_type) = self
+            .with_retries(fetch, |e| matches!(e, RegistryError::Digest { .. }))
             .await?;
         let digest = Digest::of(&bytes);
-        if let Ok(expected) = reference.parse::<Digest>() {
-            expected
-                .verify(&bytes)
-                .map_err(|source| RegistryError::Digest { target: t, source })?;
-        }
         Ok(FetchedManifest {
             bytes,
             digest,
@@ -631,7 +663,9 @@ impl RegistryClient {
         })
     }
 
-    /// Opens a blob as a stream of bytes. The caller verifies the digest as it reads.
+    /// Opens a blob as a stream of bytes, in one attempt: a transfer can also break in the
+    /// body or fail its digest, so the caller retries the whole transfer (one retry
+    /// layer: see [`crate::copy`]). The caller verifies the digest as it reads.
     pub async fn get_blob(
         &self,
         repo: &RepositoryName,
@@ -641,7 +675,7 @@ impl RegistryClient {
         let url = self.url_for(&format!("/v2/{repo}/blobs/{digest}"));
         self.stats.blob_gets.fetch_add(1, Ordering::Relaxed);
         let response = self
-            .send("fetch blob", &t, &pull_scope(repo), &|| {
+            .attempt("fetch blob", &t, &pull_scope(repo), &|| {
                 self.http.get(url.clone())
             })
             .await?;
@@ -765,7 +799,8 @@ impl RegistryClient {
         Ok(response.status() == StatusCode::CREATED)
     }
 
-    /// Uploads a blob from a stream (one attempt: the caller reopens the stream to retry).
+    /// Uploads a blob from a stream in one attempt, no request retried: the caller reopens
+    /// the stream and retries the whole upload (one retry layer).
     pub async fn push_blob(
         &self,
         repo: &RepositoryName,
@@ -777,7 +812,7 @@ impl RegistryClient {
         let scope = push_scope(repo);
         let start_url = self.url_for(&format!("/v2/{repo}/blobs/uploads/"));
         let response = self
-            .send("start upload of", &t, &scope, &|| {
+            .attempt("start upload of", &t, &scope, &|| {
                 self.http
                     .post(start_url.clone())
                     .header(CONTENT_LENGTH, "0")
@@ -818,7 +853,7 @@ impl RegistryClient {
             .query_pairs_mut()
             .append_pair("digest", &digest.to_string());
         let response = self
-            .send("finish upload of", &t, &scope, &|| {
+            .attempt("finish upload of", &t, &scope, &|| {
                 self.http.put(put_url.clone()).header(CONTENT_LENGTH, "0")
             })
             .await?;
@@ -836,18 +871,14 @@ impl RegistryClient {
     ) -> Result<Digest, RegistryError> {
         let digest = Digest::of(&bytes);
         let size = bytes.len() as u64;
-        // Requests inside push_blob retry themselves; this outer loop only restarts an
-        // upload whose streamed body failed, so it stays short.
-        let restarts = RetryPolicy {
-            max_retries: 2,
-            ..self.retry
-        };
-        (|| async {
-            self.push_blob(repo, &digest, size, crate::store::stream_of(bytes.clone()))
-                .await
-        })
-        .retry(restarts.backoff())
-        .when(RegistryError::is_transient)
+        // The upload's one retry layer: push_blob retries none of its requests.
+        self.with_retries(
+            || async {
+                self.push_blob(repo, &digest, size, crate::store::stream_of(bytes.clone()))
+                    .await
+            },
+            |_| false,
+        )
         .await?;
         Ok(digest)
     }

@@ -194,6 +194,50 @@ pub async fn run_conformance_suite(backend: &dyn Backend) {
     let all = backend.list("").await.unwrap();
     assert_eq!(all.len(), 5, "listing of everything: {all:?}");
     assert!(all.iter().all(|o| o.size > 0));
+
+    create_only_races(backend).await;
+}
+
+/// Two writers of one key at once, with different bytes, many times: exactly one wins,
+/// the other is told `AlreadyExists`, and the winner's bytes are what stays. A store that
+/// checks, then renames, lets the loser replace the winner's object.
+async fn create_only_races(backend: &dyn Backend) {
+    const ROUNDS: usize = 40;
+    for round in 0..ROUNDS {
+        let key = format!("snapshots/race-{round}.json");
+        let write = |n: u8| {
+            let bytes = Bytes::from(vec![n; 64 * 1024 + usize::from(n)]);
+            let digest = Digest::of(&bytes);
+            let key = key.clone();
+            async move {
+                let outcome = backend
+                    .write_verified(
+                        &key,
+                        &digest,
+                        Some(bytes.len() as u64),
+                        chunked(bytes.clone()),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("racing write of {key}: {e}"));
+                (outcome, bytes)
+            }
+        };
+        let ((a, a_bytes), (b, b_bytes)) = futures::join!(write(1), write(2));
+        let winner = match (a, b) {
+            (WriteOutcome::Written, WriteOutcome::AlreadyExists) => a_bytes,
+            (WriteOutcome::AlreadyExists, WriteOutcome::Written) => b_bytes,
+            other => panic!("round {round}: two racing create-only writes of {key} returned {other:?}; exactly one must win"),
+        };
+        let stored = backend
+            .read(&key)
+            .await
+            .unwrap()
+            .expect("the winner's object");
+        assert!(
+            stored == winner,
+            "round {round}: {key} holds the loser's bytes, not the winner's"
+        );
+    }
 }
 
 fn chunked(bytes: Bytes) -> ByteStream {

@@ -89,6 +89,60 @@ fn commit(tmp: &Path, target: &Path, key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Moves a synced temporary file to `target` only if nothing is there, atomically and
+/// durably: `AlreadyExists` when another writer's object is there (left untouched).
+fn commit_new(tmp: &Path, target: &Path, key: &str) -> Result<WriteOutcome, StoreError> {
+    let parent = target.parent().expect("keys have a parent");
+    std::fs::create_dir_all(parent).map_err(|source| io("create directory for", key, source))?;
+    match rename_noreplace(tmp, target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            return Ok(WriteOutcome::AlreadyExists);
+        }
+        Err(source) => return Err(io("move into place", key, source)),
+    }
+    if let Ok(d) = std::fs::File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(WriteOutcome::Written)
+}
+
+/// `rename` that fails with `AlreadyExists` instead of replacing the target: Linux's
+/// `renameat2(RENAME_NOREPLACE)`, or, on file systems (and systems) without it, a hard
+/// link (which never replaces) followed by removing the temporary name.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))
+        };
+        let (from_c, to_c) = (c(from)?, c(to)?);
+        // SAFETY: both pointers are NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from_c.as_ptr(),
+                libc::AT_FDCWD,
+                to_c.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {}
+            _ => return Err(e),
+        }
+    }
+    std::fs::hard_link(from, to)?;
+    let _ = std::fs::remove_file(from);
+    Ok(())
+}
+
 /// Chunks of a blob in flight between the verifying task and the writing thread. Hyper
 /// hands over reads of up to about 400 KiB, so this bounds a blob's buffers to about
 /// 3 MiB; 8 kept the writer busy where 2 left it waiting (see docs/performance.md).
@@ -157,15 +211,10 @@ fn write_blocking(
             }
         }
         file.sync_all().map_err(|source| io("sync", key, source))?;
-        // A concurrent writer may have won the race; its bytes are the same by construction.
-        match std::fs::metadata(target) {
-            Ok(m) if m.is_file() => return Ok(Some(WriteOutcome::AlreadyExists)),
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(source) => return Err(io("stat", key, source)),
-        }
-        commit(&tmp, target, key)?;
-        Ok(Some(WriteOutcome::Written))
+        // Create-only in one step: a concurrent writer that got there first keeps its
+        // object, and this one learns it lost (a check, then a rename, would let the
+        // loser replace the winner's file).
+        commit_new(&tmp, target, key).map(Some)
     })();
     drop(file);
     if !matches!(result, Ok(Some(WriteOutcome::Written))) {

@@ -87,6 +87,11 @@ impl Layout {
         format!("{SNAPSHOTS_PREFIX}{id}.json")
     }
 
+    /// `snapshots/<run>`: the prefix every part of a run's snapshot starts with.
+    pub fn snapshot_prefix(run: &str) -> String {
+        format!("{SNAPSHOTS_PREFIX}{run}")
+    }
+
     /// Parses `repositories/<repo>/<kind>/<rest>` into its parts.
     pub fn split_record_key(key: &str) -> Option<(RepositoryName, &str, &str)> {
         let rest = key.strip_prefix(REPOSITORIES_PREFIX)?;

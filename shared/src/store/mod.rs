@@ -7,6 +7,7 @@ mod conformance;
 mod dir;
 mod layout;
 mod repository;
+mod runs;
 mod s3;
 
 use std::pin::Pin;
@@ -22,6 +23,7 @@ pub use conformance::run_conformance_suite;
 pub use dir::DirBackend;
 pub use layout::Layout;
 pub use repository::{Catalog, IndexRef, RepositoryCatalog, Store, StoreLocation, TagEntry};
+pub use runs::{observed_after_run, part_id, PartId, Run};
 pub use s3::{S3Backend, S3Location};
 
 /// A stream of bytes read from, or written into, a backend.
@@ -93,6 +95,12 @@ pub enum StoreError {
     NotAStore {
         /// The location given.
         location: String,
+    },
+    /// A create-only object already exists under the key with other bytes.
+    #[error("{key} already exists in the store with different contents; it was not replaced")]
+    Conflict {
+        /// The object's key.
+        key: String,
     },
     /// A record in the store could not be parsed.
     #[error("record {key} is corrupt: {source}")]

@@ -214,10 +214,17 @@ impl Store {
         self.read_json(&Layout::image(repo, digest)).await
     }
 
-    /// Writes an image record (once; a second write of the same image is a no-op).
+    /// Writes an image record once. A record already there for the same image is
+    /// success: it was written by a concurrent copy of the same content-addressed image
+    /// (a duplicate delivery), after the same blobs, and only its write time differs.
     pub async fn put_image_record(&self, record: &ImageRecord) -> Result<(), StoreError> {
-        self.write_json_once(&Layout::image(&record.repository, &record.digest), record)
-            .await
+        self.write_json_once(
+            &Layout::image(&record.repository, &record.digest),
+            record,
+            Existing::Kept,
+        )
+        .await
+        .map(drop)
     }
 
     /// Appends a tag observation.
@@ -228,16 +235,23 @@ impl Store {
             &record.digest,
             record.observed_at,
         );
-        self.write_json_once(&key, record).await
+        // The key holds every field, so a record already there must be this one.
+        self.write_json_once(&key, record, Existing::MustMatch)
+            .await
+            .map(drop)
     }
 
-    /// Records that an image was deleted from the source.
+    /// Records that an image was deleted from the source. The first deletion record of
+    /// an image is kept (a second event for the same image, such as another tag's
+    /// deletion, adds nothing a reader needs).
     pub async fn put_deletion_record(&self, record: &DeletionRecord) -> Result<(), StoreError> {
         self.write_json_once(
             &Layout::deletion(&record.repository, &record.digest),
             record,
+            Existing::Kept,
         )
         .await
+        .map(drop)
     }
 
     /// Lists what the store holds, for every repository or for one.
@@ -283,18 +297,28 @@ impl Store {
                 _ => {}
             }
         }
+        // Records of equal time (two pushes of one tag in the same whole second, which
+        // ECR events cannot tell apart) are ordered by digest, so that every reader picks
+        // the same one; the next run's listing settles which is current.
         for repo in catalog.values_mut() {
             for entries in repo.tags.values_mut() {
-                entries.sort_by_key(|e| e.observed_at);
+                entries.sort_by(|a, b| (a.observed_at, &a.digest).cmp(&(b.observed_at, &b.digest)));
             }
         }
         Ok(catalog)
     }
 
-    /// Writes a run's snapshot.
-    pub async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        self.write_json_once(&Layout::snapshot(&snapshot.id), snapshot)
-            .await
+    /// Writes one part of a run's snapshot, once. The same part already written with the
+    /// same bytes is success (`AlreadyExists`); with other bytes it is
+    /// [`StoreError::Conflict`]: another invocation did this part differently (a
+    /// duplicate continuation message), and this one must not go on as if it had.
+    pub async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<WriteOutcome, StoreError> {
+        self.write_json_once(
+            &Layout::snapshot(&snapshot.id),
+            snapshot,
+            Existing::MustMatch,
+        )
+        .await
     }
 
     /// Snapshot ids, oldest first.
@@ -398,16 +422,37 @@ impl Store {
             })
     }
 
-    async fn write_json_once<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+    async fn write_json_once<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        existing: Existing,
+    ) -> Result<WriteOutcome, StoreError> {
         let bytes = Bytes::from(serde_json::to_vec_pretty(value).expect("records serialize"));
-        // Records are write-once like blobs, so a bucket policy can demand If-None-Match.
+        // Records are create-only like blobs, so a bucket policy can demand If-None-Match.
         let digest = Digest::of(&bytes);
         let size = bytes.len() as u64;
-        self.backend
-            .write_verified(key, &digest, Some(size), stream_of(bytes))
+        let outcome = self
+            .backend
+            .write_verified(key, &digest, Some(size), stream_of(bytes.clone()))
             .await?;
-        Ok(())
+        if outcome == WriteOutcome::AlreadyExists && existing == Existing::MustMatch {
+            let found = self.backend.read(key).await?;
+            if found.as_deref() != Some(&bytes[..]) {
+                return Err(StoreError::Conflict { key: key.into() });
+            }
+        }
+        Ok(outcome)
     }
+}
+
+/// What a create-only record write makes of a record already under its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    /// The first record written wins; a later one with other bytes is dropped.
+    Kept,
+    /// It must have the same bytes, or the write fails with [`StoreError::Conflict`].
+    MustMatch,
 }
 
 /// One `REPOSITORY:TAG` entry of the root `index.json`.

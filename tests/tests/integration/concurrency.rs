@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
+
+use ecr_backup::store::{Backend, ByteStream, ObjectInfo, StoreError, WriteOutcome};
 
 use ecr_backup_tests::corpus::{push_corpus, CorpusOptions};
 use ecr_backup_tests::servers::{self, TestServers};
@@ -163,4 +166,91 @@ async fn two_backups_into_one_store_at_once_end_consistent_without_duplicate_dow
     for r in &s3_reports {
         assert_eq!(r["images_failed"].as_array().map(Vec::len), Some(0), "{r}");
     }
+}
+
+/// A directory store whose blob lookups answer late: the first lookup of a key returns at
+/// once, every later one only after `delay` (with the answer read before the delay, as a
+/// slow S3 HEAD or a busy disk would give it).
+struct LateLookups {
+    inner: Arc<dyn Backend>,
+    delay: std::time::Duration,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+#[async_trait::async_trait]
+impl Backend for LateLookups {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn stat(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let answer = self.inner.stat(key).await;
+        let first = self.seen.lock().unwrap().insert(key.to_owned());
+        if !first && key.starts_with("blobs/") {
+            tokio::time::sleep(self.delay).await;
+        }
+        answer
+    }
+    async fn read(&self, key: &str) -> Result<Option<bytes::Bytes>, StoreError> {
+        self.inner.read(key).await
+    }
+    async fn open(&self, key: &str) -> Result<ByteStream, StoreError> {
+        self.inner.open(key).await
+    }
+    async fn write(&self, key: &str, bytes: bytes::Bytes) -> Result<(), StoreError> {
+        self.inner.write(key, bytes).await
+    }
+    async fn write_verified(
+        &self,
+        key: &str,
+        digest: &ecr_backup::Digest,
+        size: Option<u64>,
+        bytes: ByteStream,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.inner.write_verified(key, digest, size, bytes).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.inner.list(prefix).await
+    }
+}
+
+/// Two images of one run share a layer; the second image's store lookup of it answers
+/// "absent" only after the first image has finished copying it (and released its
+/// in-flight lock). The engine must not download the layer again: under load, that
+/// window made one run download a blob twice and the two-backups test see three GETs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_layer_finished_during_a_slow_lookup_is_not_downloaded_again() {
+    let servers = TestServers::from_env();
+    let prefix = servers::unique_prefix("late");
+    let client = servers.source_client();
+    let repo = ecr_backup_tests::corpus::repository(&prefix, "app").unwrap();
+    let shared = ecr_backup_tests::corpus::random_layer(rand::random(), 256 * 1024);
+    for (tag, own) in [("a", 1u64), ("b", 2u64)] {
+        let own = ecr_backup_tests::corpus::random_layer(rand::random::<u64>() ^ own, 4 * 1024);
+        ecr_backup_tests::corpus::push_image(
+            &client,
+            &repo,
+            &[tag.parse().unwrap()],
+            &[shared.clone(), own],
+            ecr_backup_tests::corpus::Format::Oci,
+        )
+        .await
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(LateLookups {
+        inner: Arc::new(ecr_backup::store::DirBackend::new(dir.path().join("store"))),
+        delay: std::time::Duration::from_millis(700),
+        seen: Default::default(),
+    });
+    let store = ecr_backup::Store::new(backend);
+    let log_start = servers::log_lines(&servers.registry_log);
+    let report = backup_prefix(&servers.registry, None, &prefix, &store).await;
+    assert!(report.is_success(), "{:?}", report.images_failed);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let shared_digest = ecr_backup_tests::corpus::sha256(&shared);
+    let gets = servers::blob_gets(&servers.registry_log, log_start)
+        .into_iter()
+        .filter(|g| g.digest == shared_digest)
+        .count();
+    assert_eq!(gets, 1, "downloads of the shared layer by one run");
 }

@@ -1112,3 +1112,105 @@ async fn a_worker_that_runs_out_of_time_is_redelivered_and_does_not_download_fin
         total.as_secs_f64()
     );
 }
+
+/// A registry that answers 503 for ever is asked a bounded number of times: one retry
+/// layer per request (the client's policy for a manifest, the engine's for a blob), not a
+/// retry loop around a send that retries. The counts are those of the default policies;
+/// only the delays are shortened here, so the test does not wait out the backoff.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_persistent_503_is_asked_a_bounded_number_of_times_with_a_clear_error() {
+    use ecr_backup::registry::RetryPolicy;
+    let servers = TestServers::from_env();
+    let prefix = servers::unique_prefix("stuck");
+    let client = servers.source_client();
+    let repo = repository(&prefix, "app").unwrap();
+    let manifest_image = push_small_image(&client, &repo, "m", 10 * KIB)
+        .await
+        .unwrap();
+    let blob_image = push_small_image(&client, &repo, "b", 20 * KIB)
+        .await
+        .unwrap();
+    let layer = blob_image.layers.iter().next().unwrap().clone();
+    let proxy = registry_proxy(&servers).await;
+    proxy.add_rule(Rule::new(
+        "GET",
+        format!("/manifests/{}", manifest_image.digest),
+        When::Every,
+        Fault::ServerError { status: 503 },
+    ));
+    proxy.add_rule(Rule::new(
+        "GET",
+        format!("/blobs/{layer}"),
+        When::Every,
+        Fault::ServerError { status: 503 },
+    ));
+    let fast = |max_retries| RetryPolicy {
+        max_retries,
+        min_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+    };
+    let client_retries = RetryPolicy::default().max_retries;
+    let blob_retries = CopyOptions::default().retry.max_retries;
+    let source = Source::connect(&proxy.url(), None, None).await.unwrap();
+    let registry = source.registry().clone().with_retry(fast(client_retries));
+    let source = Source::from_parts(source.name().to_owned(), registry.clone(), None);
+    let (_dir, store) = dir_store().await;
+    let engine = CopyEngine::new(
+        registry,
+        store.clone(),
+        source.name().to_owned(),
+        CopyOptions {
+            retry: fast(blob_retries),
+            ..CopyOptions::default()
+        },
+        Arc::new(NoProgress),
+    );
+    let report = ecr_backup::backup::run(
+        &source,
+        &engine,
+        &ecr_backup::backup::RunOptions {
+            filter: ecr_backup::filter::ImageFilter::new(&[format!("{prefix}/**")], &[], None)
+                .unwrap(),
+            image_concurrency: 2,
+        },
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    let asked = |path: String| {
+        proxy
+            .log()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.contains(&path))
+            .count()
+    };
+    let manifest_gets = asked(format!("/manifests/{}", manifest_image.digest));
+    let blob_gets = asked(format!("/blobs/{layer}"));
+    assert_eq!(
+        manifest_gets,
+        client_retries + 1,
+        "GETs of a manifest that always answers 503"
+    );
+    assert_eq!(
+        blob_gets,
+        blob_retries + 1,
+        "GETs of a blob that always answers 503"
+    );
+    assert_eq!(report.images_failed.len(), 2, "{report:?}");
+    for failure in &report.images_failed {
+        assert!(failure.error.contains("HTTP 503"), "{}", failure.error);
+    }
+    let blob_failure = report
+        .images_failed
+        .iter()
+        .find(|f| f.digest == blob_image.digest)
+        .expect("the blob's image failed");
+    assert!(
+        blob_failure.error.contains(&layer.to_string()),
+        "the error names the blob: {}",
+        blob_failure.error
+    );
+    println!(
+        "FIGURES persistent 503: manifest asked {manifest_gets} times, blob {blob_gets} times (default policies: {client_retries} and {blob_retries} retries)"
+    );
+}

@@ -190,6 +190,7 @@ impl Pipeline {
                 ..FilterSpec::default()
             },
             registry_endpoint: None,
+            part_repositories: None,
         };
         FanoutContext::new(
             self.source.clone(),
@@ -369,7 +370,7 @@ async fn a_fanout_out_of_time_continues_through_the_queue() {
         repositories: vec![format!("{}/**", p.prefix.trim_end_matches('/'))],
         ..FilterSpec::default()
     };
-    let run = ecr_backup::fanout::FanoutRun::start(filter);
+    let run = ecr_backup::fanout::FanoutRun::start(filter, None);
     let report = ecr_backup::fanout::fan_out(&p.source, &p.store, &p.queue, &run, Duration::ZERO)
         .await
         .unwrap();

@@ -1,0 +1,348 @@
+//! Backup runs: what one run of the fan-out (or of `ecr-backup backup`) recorded about the
+//! source registry, as every reader must see it.
+//!
+//! A run is stored as one or more snapshot **parts** (`snapshots/<run>.json`,
+//! `<run>.1.json`, …; see `docs/format.md`). This module is the only place that knows how
+//! parts make a run: how an id is spelled and parsed, when a run is complete, how its parts
+//! merge, and how "the latest run at or before T" is found. Restore, export, verify, `ls`
+//! and the backup itself all go through it, so they agree on what a snapshot is.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+
+use super::layout::{self, Layout};
+use super::{Store, StoreError};
+use crate::records::Snapshot;
+
+/// Snapshot parts read at once when a listing needs many of them.
+const READ_CONCURRENCY: usize = 16;
+
+/// The id of one snapshot part: a run id (`YYYYMMDDTHHMMSSZ-<6 hex>`), then `.<n>` for
+/// parts after the first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartId {
+    /// The run the part belongs to.
+    pub run: String,
+    /// Its number (0 for the first part, whose id is the run id itself).
+    pub part: u32,
+}
+
+impl PartId {
+    /// Parses a part id; `None` for anything that is not one (so stray files are ignored).
+    pub fn parse(id: &str) -> Option<PartId> {
+        let (run, part) = match id.split_once('.') {
+            Some((run, n)) => {
+                // Part numbers are written without leading zeros; refuse other spellings so
+                // that one part has one id.
+                if n.is_empty() || (n.len() > 1 && n.starts_with('0')) {
+                    return None;
+                }
+                (run, n.parse::<u32>().ok().filter(|&p| p > 0)?)
+            }
+            None => (id, 0),
+        };
+        let (second, suffix) = run.split_once('-')?;
+        let well_formed = second.len() == 16
+            && second.ends_with('Z')
+            && chrono::NaiveDateTime::parse_from_str(second, "%Y%m%dT%H%M%SZ").is_ok()
+            && !suffix.is_empty()
+            && suffix.bytes().all(|b| b.is_ascii_alphanumeric());
+        well_formed.then(|| PartId {
+            run: run.to_owned(),
+            part,
+        })
+    }
+
+    /// The `YYYYMMDDTHHMMSSZ` the run started in: ids sort by it.
+    pub fn second(&self) -> &str {
+        &self.run[..16]
+    }
+
+    /// The part's id as stored (`<run>` or `<run>.<n>`).
+    pub fn id(&self) -> String {
+        part_id(&self.run, self.part)
+    }
+}
+
+/// The snapshot id of part `part` of run `run`.
+pub fn part_id(run: &str, part: u32) -> String {
+    if part == 0 {
+        run.to_owned()
+    } else {
+        format!("{run}.{part}")
+    }
+}
+
+/// One run as read from the store: its parts, and whether they are all there.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The run id (also the id of its first part).
+    pub id: String,
+    /// The registry it enumerated.
+    pub source: String,
+    /// When enumeration started; every part describes the registry as of this time.
+    pub taken_at: DateTime<Utc>,
+    /// The parts found, by number.
+    pub parts: BTreeMap<u32, Snapshot>,
+    /// How many parts the run has, when its last part was found.
+    pub part_count: Option<u32>,
+}
+
+impl Run {
+    /// Builds a run from the parts found for it; `None` when there are none.
+    fn from_parts(id: &str, parts: Vec<Snapshot>) -> Option<Run> {
+        let parts: BTreeMap<u32, Snapshot> = parts.into_iter().map(|p| (p.part, p)).collect();
+        let first = parts.values().next()?;
+        let part_count = parts
+            .values()
+            .find(|p| p.last)
+            .map(|last| last.parts.unwrap_or(last.part + 1));
+        Some(Run {
+            id: id.to_owned(),
+            source: first.source.clone(),
+            taken_at: parts.values().map(|p| p.taken_at).min()?,
+            part_count,
+            parts,
+        })
+    }
+
+    /// True when the last part exists and so does every part before it. Only complete runs
+    /// describe the whole registry; a fan-out that died halfway leaves an incomplete one.
+    pub fn is_complete(&self) -> bool {
+        self.part_count
+            .is_some_and(|n| (0..n).all(|p| self.parts.contains_key(&p)))
+    }
+
+    /// Part numbers that should exist but were not found (unknown past the highest part
+    /// found while the last part is missing).
+    pub fn missing_parts(&self) -> Vec<u32> {
+        let upto = self
+            .part_count
+            .unwrap_or_else(|| self.parts.keys().max().map_or(0, |m| m + 1));
+        (0..upto).filter(|p| !self.parts.contains_key(p)).collect()
+    }
+
+    /// The run as one snapshot: every part's repositories merged, with the run's id.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut parts = self.parts.values();
+        let mut merged = parts.next().expect("a run has a part").clone();
+        for part in parts {
+            merged.repositories.extend(
+                part.repositories
+                    .iter()
+                    .map(|(r, s)| (r.clone(), s.clone())),
+            );
+        }
+        merged.id = self.id.clone();
+        merged.run = None;
+        merged.part = 0;
+        merged.last = self.is_complete();
+        merged.parts = self.part_count;
+        merged.taken_at = self.taken_at;
+        merged
+    }
+}
+
+/// True when a tag record observed at `observed` is newer than a run taken at `taken_at`,
+/// and so is applied on top of the run's snapshot.
+///
+/// The rule of `docs/format.md` ("Tags as of time T"): a record counts as newer when it
+/// was observed in the same whole second as the run started, or later. ECR events carry
+/// whole seconds only, so a push a few milliseconds after the run listed its repository
+/// reads as `05:30:00` against a run taken at `05:30:00.400`; comparing exactly would
+/// drop that push until the next run. The other way round costs nothing: a record of the
+/// same second that the run's listing already saw names the digest the snapshot names.
+pub fn observed_after_run(observed: DateTime<Utc>, taken_at: DateTime<Utc>) -> bool {
+    observed.timestamp() >= taken_at.timestamp()
+}
+
+/// A run's id, or why a snapshot id given by a user does not name one.
+fn run_of(id: &str) -> Option<String> {
+    PartId::parse(id).map(|p| p.run)
+}
+
+impl Store {
+    /// Ids of every snapshot part, parsed, oldest first; files that are not parts are
+    /// ignored.
+    pub async fn part_ids(&self) -> Result<Vec<PartId>, StoreError> {
+        let mut ids: Vec<PartId> = self
+            .backend()
+            .list(layout::SNAPSHOTS_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                let id = o
+                    .key
+                    .strip_prefix(layout::SNAPSHOTS_PREFIX)?
+                    .strip_suffix(".json")?;
+                PartId::parse(id)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Reads the run `id` names (a run id, or the id of any of its parts), whole or not;
+    /// `None` when the store has no part of it.
+    pub async fn run(&self, id: &str) -> Result<Option<Run>, StoreError> {
+        let Some(run) = run_of(id) else {
+            return Ok(None);
+        };
+        let parts: Vec<PartId> = self
+            .backend()
+            .list(&Layout::snapshot_prefix(&run))
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                let id = o
+                    .key
+                    .strip_prefix(layout::SNAPSHOTS_PREFIX)?
+                    .strip_suffix(".json")?;
+                PartId::parse(id).filter(|p| p.run == run)
+            })
+            .collect();
+        self.read_run(&run, parts).await
+    }
+
+    async fn read_run(&self, run: &str, parts: Vec<PartId>) -> Result<Option<Run>, StoreError> {
+        let snapshots: Vec<Snapshot> = futures::stream::iter(parts)
+            .map(|p| async move { self.snapshot(&p.id()).await })
+            .buffered(READ_CONCURRENCY)
+            .try_filter_map(|s| async move { Ok(s) })
+            .try_collect()
+            .await?;
+        Ok(Run::from_parts(run, snapshots))
+    }
+
+    /// Every run, complete or not, oldest first.
+    pub async fn runs(&self) -> Result<Vec<Run>, StoreError> {
+        let mut by_run: BTreeMap<String, Vec<PartId>> = BTreeMap::new();
+        for id in self.part_ids().await? {
+            by_run.entry(id.run.clone()).or_default().push(id);
+        }
+        let mut runs: Vec<Run> = futures::stream::iter(by_run)
+            .map(|(run, parts)| async move { self.read_run(&run, parts).await })
+            .buffered(READ_CONCURRENCY / 4)
+            .try_filter_map(|r| async move { Ok(r) })
+            .try_collect()
+            .await?;
+        runs.sort_by(|a, b| (a.taken_at, &a.id).cmp(&(b.taken_at, &b.id)));
+        Ok(runs)
+    }
+
+    /// The newest complete run taken at or before `at` (or ever).
+    ///
+    /// Run ids start with the second their run started, so runs are read newest second
+    /// first and the search stops at the first second that holds a complete run taken at
+    /// or before `at`: a daily schedule would otherwise read a year of snapshots. Every run
+    /// of that second is read, since ids resolve only to the second.
+    pub async fn latest_run(&self, at: Option<DateTime<Utc>>) -> Result<Option<Run>, StoreError> {
+        let mut by_second: BTreeMap<String, BTreeMap<String, Vec<PartId>>> = BTreeMap::new();
+        for id in self.part_ids().await? {
+            by_second
+                .entry(id.second().to_owned())
+                .or_default()
+                .entry(id.run.clone())
+                .or_default()
+                .push(id);
+        }
+        let last_second = at.map(|at| at.format("%Y%m%dT%H%M%SZ").to_string());
+        for (second, runs) in by_second.into_iter().rev() {
+            if last_second.as_ref().is_some_and(|l| &second > l) {
+                continue; // started after `at`: nothing to read.
+            }
+            let mut best: Option<Run> = None;
+            for (run, parts) in runs {
+                let Some(run) = self.read_run(&run, parts).await? else {
+                    continue;
+                };
+                let eligible = run.is_complete() && at.is_none_or(|at| run.taken_at <= at);
+                if eligible && best.as_ref().is_none_or(|b| run.taken_at > b.taken_at) {
+                    best = Some(run);
+                }
+            }
+            if best.is_some() {
+                return Ok(best);
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_ids_parse_and_round_trip() {
+        let p = PartId::parse("20261127T053000Z-3fa2c1").unwrap();
+        assert_eq!((p.run.as_str(), p.part), ("20261127T053000Z-3fa2c1", 0));
+        assert_eq!(p.second(), "20261127T053000Z");
+        let p = PartId::parse("20261127T053000Z-3fa2c1.12").unwrap();
+        assert_eq!((p.run.as_str(), p.part), ("20261127T053000Z-3fa2c1", 12));
+        assert_eq!(p.id(), "20261127T053000Z-3fa2c1.12");
+        for bad in [
+            "",
+            "x",
+            "20261127T053000Z",
+            "20261127T053000Z-",
+            "20261127T053000Z-3fa2c1.",
+            "20261127T053000Z-3fa2c1.0",
+            "20261127T053000Z-3fa2c1.01",
+            "20261127T053000Z-3fa2c1.x",
+            "20261327T053000Z-3fa2c1",
+            "20261127T053000Z-../x",
+            "20261127T053000Z-3fa2c1/..",
+        ] {
+            assert!(PartId::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    fn part(run: &str, n: u32, last: bool, parts: Option<u32>) -> Snapshot {
+        let mut s = Snapshot::part_of(run, n, "r".into(), Utc::now(), last);
+        s.parts = parts;
+        s
+    }
+
+    #[test]
+    fn a_run_is_complete_only_with_every_part() {
+        let id = "20261127T053000Z-3fa2c1";
+        let whole = Run::from_parts(
+            id,
+            vec![
+                part(id, 0, false, None),
+                part(id, 1, false, None),
+                part(id, 2, true, Some(3)),
+            ],
+        )
+        .unwrap();
+        assert!(whole.is_complete());
+        // The middle part is missing: the last part says three.
+        let holed = Run::from_parts(
+            id,
+            vec![part(id, 0, false, None), part(id, 2, true, Some(3))],
+        )
+        .unwrap();
+        assert!(!holed.is_complete());
+        assert_eq!(holed.missing_parts(), vec![1]);
+        // Stores written before the count was recorded: the last part's number says it.
+        let old =
+            Run::from_parts(id, vec![part(id, 0, false, None), part(id, 1, true, None)]).unwrap();
+        assert!(old.is_complete());
+        let no_last = Run::from_parts(id, vec![part(id, 0, false, None)]).unwrap();
+        assert!(!no_last.is_complete());
+        assert!(!no_last.snapshot().last);
+    }
+
+    #[test]
+    fn a_record_of_the_run_s_second_counts_as_newer() {
+        let taken: DateTime<Utc> = "2026-11-27T05:30:00.400Z".parse().unwrap();
+        let event: DateTime<Utc> = "2026-11-27T05:30:00Z".parse().unwrap();
+        assert!(observed_after_run(event, taken), "same second as the run");
+        assert!(observed_after_run(taken, taken));
+        let before: DateTime<Utc> = "2026-11-27T05:29:59.999Z".parse().unwrap();
+        assert!(!observed_after_run(before, taken));
+    }
+}
