@@ -6,16 +6,28 @@
 #   3. every rule fails (cfn-guard exit 19) on its broken template
 #      infra/rules/tests/<rule>-fail.yaml, which every other rule passes or skips,
 #      so each broken template breaks exactly its own rule;
-#   4. infra/tests/test_code_in_step.py: code, infra/code-calls.json and the template agree.
+#   4. infra/tests/test_code_in_step.py: code, infra/code-calls.json and the template agree;
+#   5. infra/tests/test_policies.py: what the templates must say to deploy and to resist a
+#      compromised source account (key, bucket and vault policies, SCPs, rules, alarms);
+#   6. checkov on every template: any finding not in infra/tests/checkov-skips.yaml (each
+#      skip with its reason) fails, and so does a skip that no longer matches;
+#   7. parliament on every IAM policy and SCP (infra/tests/lint_iam.py), with the skips of
+#      infra/tests/parliament-skips.yaml;
+#   8. infra/tests/mutate.py: every realistic regression of the templates it knows is
+#      caught by one of the checks above ("N/N mutants caught").
 #
 # Needs: cfn-lint (pip install cfn-lint; used from ${VENV:-.venv}/bin if there),
 #        cfn-guard 3 (cargo install --locked cfn-guard), python3 with PyYAML (a
-#        dependency of cfn-lint: the venv's python is used when present).
+#        dependency of cfn-lint: the venv's python is used when present), and checkov
+#        and parliament in ${VENV:-.venv}/infra-tools (tests/scripts/setup.sh
+#        --with-infra-tools installs them, pinned).
 # Usage: bash infra/check.sh        (from any directory; exits non-zero on any failure)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV_DIR="${VENV:-.venv}"
+# The checks import each other (infra/tests/cfn.py); leave no __pycache__ in the tree.
+export PYTHONDONTWRITEBYTECODE=1
 passed=0
 failed=0
 pass() { passed=$((passed + 1)); printf 'ok   %s\n' "$*"; }
@@ -49,6 +61,11 @@ else
     die "python3 not found"
 fi
 
+INFRA_PYTHON="$VENV_DIR/infra-tools/bin/python"
+[[ -x "$INFRA_PYTHON" && -x "$VENV_DIR/infra-tools/bin/checkov" ]] ||
+    die "checkov and parliament not found in $VENV_DIR/infra-tools; install them: bash tests/scripts/setup.sh --with-infra-tools"
+
+started=$SECONDS
 shopt -s nullglob
 templates=(infra/*.yaml)
 rules=(infra/rules/*.guard)
@@ -144,5 +161,41 @@ else
     fail "infra/tests/test_code_in_step.py (see the FAIL lines above)"
 fi
 
-echo "== $passed passed, $failed failed"
+# ---------------------------------------------------------------- 5. policies by meaning
+echo "== what the templates must say (infra/tests/test_policies.py)"
+if out="$("$PYTHON" infra/tests/test_policies.py --quiet 2>&1)"; then
+    pass "infra/tests/test_policies.py: ${out##*$'\n'}"
+else
+    fail "infra/tests/test_policies.py"
+    printf '%s\n' "$out" | sed 's/^/       /'
+fi
+
+# ---------------------------------------------------------------- 6. checkov
+echo "== checkov ($("$VENV_DIR/infra-tools/bin/checkov" --version 2>/dev/null)) on every template"
+if out="$("$INFRA_PYTHON" infra/tests/run_checkov.py "${templates[@]}" 2>&1)"; then
+    pass "${out##*$'\n'}"
+else
+    fail "checkov"
+    printf '%s\n' "$out" | sed 's/^/       /'
+fi
+
+# ---------------------------------------------------------------- 7. parliament
+echo "== parliament ($("$INFRA_PYTHON" -m pip show parliament 2>/dev/null | sed -n 's/^Version: //p')) on every IAM policy and SCP"
+if out="$("$INFRA_PYTHON" infra/tests/lint_iam.py "${templates[@]}" 2>&1)"; then
+    pass "${out##*$'\n'}"
+else
+    fail "parliament"
+    printf '%s\n' "$out" | sed 's/^/       /'
+fi
+
+# ---------------------------------------------------------------- 8. mutation test
+echo "== mutation test (infra/tests/mutate.py): every regression is caught by some check"
+if out="$("$PYTHON" infra/tests/mutate.py 2>&1)"; then
+    pass "${out##*$'\n'}"
+else
+    fail "mutation test"
+    printf '%s\n' "$out" | grep -v '^ok ' | sed 's/^/       /'
+fi
+
+echo "== $passed passed, $failed failed ($((SECONDS - started)) s)"
 (( failed == 0 ))

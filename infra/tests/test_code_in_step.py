@@ -20,11 +20,14 @@ Checks, one output line each:
   * metrics: each metric in code-calls.json has the "no data for 26 hours" alarm.
 
 Run from anywhere: paths are relative to the repository root (two levels up).
+ECR_BACKUP_SOURCE_TEMPLATE, if set, names another template to check instead of
+infra/source-account.yaml (the mutation test, infra/tests/mutate.py, uses it).
 Needs Python 3.9+ and PyYAML (a dependency of cfn-lint, so present in its venv).
 """
 
 import fnmatch
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -36,7 +39,7 @@ except ImportError:  # pragma: no cover - reported as a failure, not a traceback
     sys.exit(1)
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "infra" / "source-account.yaml"
+TEMPLATE = Path(os.environ.get("ECR_BACKUP_SOURCE_TEMPLATE") or ROOT / "infra" / "source-account.yaml")
 CONTRACT = ROOT / "infra" / "code-calls.json"
 SOURCE_DIRS = {"fanout": "fanout/src", "worker": "worker/src"}
 SHARED_DIR = "shared/src"

@@ -7,8 +7,10 @@
 #     pinned moto server, boto3 and cfn-lint (which moto's server depends on).
 #
 # With --with-infra-tools it also installs the infrastructure tools: cargo-lambda into
-# the same virtualenv (run it as `cargo lambda` with the venv's bin/ on PATH), and
-# cfn-guard with `cargo install` (about four minutes to build).
+# the same virtualenv (run it as `cargo lambda` with the venv's bin/ on PATH), cfn-guard
+# with `cargo install` (about four minutes to build), and pinned checkov and parliament
+# into a virtualenv of their own inside it, ${VENV:-.venv}/infra-tools (checkov pins an
+# older boto3 than the tests' moto needs, so they cannot share one).
 #
 # Meant for Debian bookworm, run as root (or with sudo available). Needs no Docker
 # engine and no systemd: the test servers are started by start-servers.sh, never as
@@ -23,9 +25,11 @@ BOTO3_VERSION=1.44.8
 CFN_LINT_VERSION=1.58.0
 CARGO_LAMBDA_VERSION=1.9.2
 CFN_GUARD_VERSION=3.2.1
+CHECKOV_VERSION=3.3.30
+PARLIAMENT_VERSION=1.6.4
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 with_infra=0
@@ -108,16 +112,17 @@ else
     "$python" -m venv "$venv"
 fi
 
-# Installs NAME==VERSION (pip spec SPEC) into the venv unless that version is there.
+# Installs NAME==VERSION (pip spec SPEC) into a venv (default: the tests' venv) unless
+# that version is there.
 pip_pin() {
-    local name=$1 version=$2 spec=$3
+    local name=$1 version=$2 spec=$3 into=${4:-$venv}
     local have
-    have=$("$venv/bin/python" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p' || true)
+    have=$("$into/bin/python" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p' || true)
     if [ "$have" = "$version" ]; then
-        say "pip: $name $version already installed"
+        say "pip: $name $version already installed${4:+ in $into}"
     else
-        say "pip: installing $spec${have:+ (had $have)}"
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$spec"
+        say "pip: installing $spec${have:+ (had $have)}${4:+ in $into}"
+        "$into/bin/python" -m pip install --quiet --disable-pip-version-check "$spec"
     fi
 }
 
@@ -140,6 +145,13 @@ if [ "$with_infra" -eq 1 ]; then
         say "cargo: installing cfn-guard $CFN_GUARD_VERSION (takes a few minutes)"
         cargo install --locked cfn-guard --version "$CFN_GUARD_VERSION"
     fi
+    infra_venv="$venv/infra-tools"
+    if [ ! -x "$infra_venv/bin/python" ]; then
+        say "venv: creating $infra_venv (checkov, parliament)"
+        "$python" -m venv "$infra_venv"
+    fi
+    pip_pin checkov "$CHECKOV_VERSION" "checkov==$CHECKOV_VERSION" "$infra_venv"
+    pip_pin parliament "$PARLIAMENT_VERSION" "parliament==$PARLIAMENT_VERSION" "$infra_venv"
 fi
 
 say "done"
@@ -147,6 +159,7 @@ echo "    moto server: $venv/bin/moto_server"
 if [ "$with_infra" -eq 1 ]; then
     echo "    cfn-lint:    $venv/bin/cfn-lint"
     echo "    cargo-lambda: $venv/bin/cargo-lambda (put $venv/bin on PATH for 'cargo lambda')"
+    echo "    checkov, parliament: $venv/infra-tools/bin/"
 else
     echo "    cfn-lint:    $venv/bin/cfn-lint"
     echo "    (run with --with-infra-tools for cfn-guard and cargo-lambda)"
