@@ -10,7 +10,6 @@ Runs with the infrastructure tools' Python (checkov and PyYAML installed there):
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +28,7 @@ def main(argv):
                "-o", "json"]
     for template in templates:
         command += ["-f", template]
-    env = dict(os.environ, BC_SKIP_MAPPING="TRUE", CHECKOV_RUN_SCA_PACKAGE_SCAN_V2="false")
-    run = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    run = subprocess.run(command, capture_output=True, text=True, check=False)
     try:
         reports = json.loads(run.stdout)
     except json.JSONDecodeError:

@@ -671,7 +671,7 @@ def check_forwarding(name, template, r):
                       "events.amazonaws.com": ["DeleteRule", "DisableRule", "RemoveTargets"],
                       "monitoring.amazonaws.com": ["DeleteAlarms", "DisableAlarmActions"],
                       "lambda.amazonaws.com": ["DeleteFunction20150331", "PutFunctionConcurrency20171031",
-                                               "DeleteEventSourceMapping20150331"]}
+                                               "DeleteEventSourceMapping20150331", "UpdateFunctionCode20150331v2"]}
         for source, events in protection.items():
             r.check(any_rule(lambda p, s=source, ev=events: s in pattern_values(p, "detail", "eventSource")
                              and all(names_event(p, e) for e in ev)
