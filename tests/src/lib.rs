@@ -10,8 +10,13 @@
 //!   (to count blob GETs);
 //! - [`corpus`]: a deterministic set of images (OCI and Docker manifests, an index, a
 //!   manifest list, nested names, odd tags, an untagged image, a large layer) pushed
-//!   through the project's own registry client.
+//!   through the project's own registry client;
+//! - [`lambda_runtime_api`]: a Lambda Runtime API that runs the real Lambda binaries as
+//!   Lambda does, capturing their logs;
+//! - [`event_source_mapping`]: an SQS event-source mapping feeding such a function.
 
 pub mod corpus;
+pub mod event_source_mapping;
 pub mod fault_proxy;
+pub mod lambda_runtime_api;
 pub mod servers;
