@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use crate::message::{self, Message, Reason, Task};
 use crate::queue::{
-    OutgoingMessage, QueueError, ReceivedMessage, SqsQueue, ERROR_ATTRIBUTE,
-    RECEIVE_COUNT_ATTRIBUTE,
+    OutgoingMessage, QueueError, ReceivedMessage, SqsQueue, ERROR_ATTRIBUTE, FAILED_AT_ATTRIBUTE,
+    FIRST_RECEIVED_ATTRIBUTE, ORIGINAL_ID_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE,
 };
 
 /// How long a received message stays hidden while it is being moved.
@@ -83,7 +83,9 @@ pub async fn redrive(
 }
 
 /// The message as it goes back: our own copy messages are marked as redriven, and the
-/// failure attributes are dropped (the next failure writes new ones).
+/// last failure's attributes are dropped (the next failure writes new ones); its first
+/// message id and first receive time stay, so a message can be followed across
+/// redrives (as `StartMessageMoveTask` keeps every attribute).
 fn for_redrive(m: &ReceivedMessage) -> OutgoingMessage {
     let body = match serde_json::from_str::<Message>(&m.body) {
         Ok(Message::CopyImage {
@@ -109,7 +111,11 @@ fn for_redrive(m: &ReceivedMessage) -> OutgoingMessage {
     let attributes: HashMap<String, String> = m
         .attributes
         .iter()
-        .filter(|(k, _)| !k.starts_with("ecr-backup-"))
+        .filter(|(k, _)| {
+            !k.starts_with("ecr-backup-")
+                || k.as_str() == ORIGINAL_ID_ATTRIBUTE
+                || k.as_str() == FIRST_RECEIVED_ATTRIBUTE
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     OutgoingMessage { body, attributes }
@@ -193,6 +199,11 @@ pub struct DeadLetter {
     pub receive_count: Option<u32>,
     /// When the worker dead-lettered it.
     pub failed_at: Option<String>,
+    /// The id the message had when it first failed (this copy's id is new), kept across
+    /// redrives.
+    pub original_message_id: Option<String>,
+    /// When SQS first handed the message to a worker, kept across redrives.
+    pub first_received_at: Option<String>,
 }
 
 /// Looks at up to `max` messages of the dead-letter queue without removing them.
@@ -219,7 +230,9 @@ pub async fn peek(dlq: &SqsQueue, max: usize) -> Result<Vec<DeadLetter>, QueueEr
                 .attributes
                 .get(RECEIVE_COUNT_ATTRIBUTE)
                 .and_then(|v| v.parse().ok()),
-            failed_at: m.attributes.get("ecr-backup-failed-at").cloned(),
+            failed_at: m.attributes.get(FAILED_AT_ATTRIBUTE).cloned(),
+            original_message_id: m.attributes.get(ORIGINAL_ID_ATTRIBUTE).cloned(),
+            first_received_at: m.attributes.get(FIRST_RECEIVED_ATTRIBUTE).cloned(),
             message_id: m.message_id,
         });
     }

@@ -57,6 +57,16 @@ async fn ls(args: LsArgs, global: Global) -> Result<Outcome> {
             (Some(e), None) => println!("    error: {e}"),
             (None, _) => println!("    no error recorded (moved by SQS after a crash or timeout; see the worker's logs)"),
         }
+        if let Some(id) = l
+            .original_message_id
+            .as_ref()
+            .filter(|id| **id != l.message_id)
+        {
+            println!("    first sent as message {id}");
+        }
+        if let Some(first) = &l.first_received_at {
+            println!("    first received {first}");
+        }
     }
     Ok(Outcome::Success)
 }

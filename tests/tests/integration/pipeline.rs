@@ -267,6 +267,20 @@ impl Pipeline {
     }
 }
 
+/// The SQS event Lambda would deliver for one received message.
+fn sqs_event_of(m: &ecr_backup::queue::ReceivedMessage) -> SqsEvent {
+    serde_json::from_value(serde_json::json!({ "Records": [{
+        "messageId": m.message_id,
+        "receiptHandle": m.receipt_handle,
+        "body": m.body,
+        "attributes": {"ApproximateReceiveCount": m.receive_count.to_string()},
+        "messageAttributes": {},
+        "eventSource": "aws:sqs",
+        "awsRegion": "us-east-1",
+    }]}))
+    .unwrap()
+}
+
 fn push_event(action: &str, repo: &RepositoryName, digest: &Digest, tag: &str) -> String {
     serde_json::json!({
         "version": "0", "id": "0d6e7f3a-0000-0000-0000-000000000000",
@@ -396,6 +410,139 @@ async fn a_fanout_out_of_time_continues_through_the_queue() {
             .filter(|r| r.as_str().starts_with(p.prefix.trim_end_matches('/')))
             .count()
             == 3
+    );
+}
+
+/// The fan-out writes a part before the message that continues the run: a run whose
+/// continuation never went out is incomplete, and no reader takes it for the registry.
+/// Every continuation delivered twice (SQS delivers at least once) still ends in one
+/// complete run with every repository, each part written once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_continuation_leaves_an_incomplete_run_and_a_duplicated_one_completes_once() {
+    let p = Pipeline::new("parts").await;
+    for (r, seed) in [("a", 41), ("b", 42), ("c", 43)] {
+        p.push(&p.repo(r), &["v1"], seed, Format::Oci).await;
+    }
+    let filter = FilterSpec {
+        repositories: vec![format!("{}/**", p.prefix.trim_end_matches('/'))],
+        ..FilterSpec::default()
+    };
+    let continuations = |messages: &[ecr_backup::queue::ReceivedMessage]| {
+        messages
+            .iter()
+            .filter(|m| m.body.contains("continue-fanout"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // Lost: the part is written, its continuation is dropped (a crash right after).
+    let lost = ecr_backup::fanout::FanoutRun::start(filter.clone(), Some(1));
+    let report = ecr_backup::fanout::fan_out(
+        &p.source,
+        &p.store,
+        &p.queue,
+        &lost,
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    assert!(!report.run_complete);
+    let queued = p.queue.receive(30, 1).await.unwrap();
+    assert_eq!(
+        continuations(&queued).len(),
+        1,
+        "one continuation, sent after the part"
+    );
+    p.queue
+        .delete(&queued.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let run = p
+        .store
+        .run(&lost.run_id)
+        .await
+        .unwrap()
+        .expect("part 0 written");
+    assert!(
+        !run.is_complete(),
+        "a run without its last part is incomplete"
+    );
+    assert!(
+        ecr_backup::backup::latest_run(&p.store, None)
+            .await
+            .unwrap()
+            .is_none(),
+        "an incomplete run is not the registry's latest state"
+    );
+    let (code, out, err) = crate::common::run_cli_env(
+        &[
+            "restore",
+            "--store",
+            &p.store.location(),
+            "--target",
+            &p.servers.target_registry,
+            "--snapshot",
+            &lost.run_id,
+        ],
+        &[("AWS_ENDPOINT_URL", p.servers.moto.as_str())],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("incomplete"), "{err}");
+
+    // Duplicated: every continuation is delivered twice.
+    let run = ecr_backup::fanout::FanoutRun::start(filter, Some(1));
+    ecr_backup::fanout::fan_out(
+        &p.source,
+        &p.store,
+        &p.queue,
+        &run,
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    // Each continuation is handled by two workers at once; copy messages once.
+    for _round in 0..10 {
+        let batch = p.queue.receive(30, 1).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for m in &batch {
+            if m.body.contains("continue-fanout") {
+                let (x, y) = futures::join!(
+                    ecr_backup_worker::handle(&p.worker, sqs_event_of(m)),
+                    ecr_backup_worker::handle(&p.worker, sqs_event_of(m))
+                );
+                assert!(
+                    x.batch_item_failures.is_empty() && y.batch_item_failures.is_empty(),
+                    "a duplicated continuation failed"
+                );
+                p.queue.delete(&[m]).await.unwrap();
+            } else {
+                let response = ecr_backup_worker::handle(&p.worker, sqs_event_of(m)).await;
+                assert!(response.batch_item_failures.is_empty(), "a copy failed");
+                p.queue.delete(&[m]).await.unwrap();
+            }
+        }
+    }
+    p.drain().await;
+    let whole = p.store.run(&run.run_id).await.unwrap().expect("the run");
+    assert!(
+        whole.is_complete(),
+        "missing parts {:?}",
+        whole.missing_parts()
+    );
+    assert_eq!(whole.part_count, Some(3));
+    let merged = whole.snapshot();
+    for r in ["a", "b", "c"] {
+        assert!(
+            merged.repositories.contains_key(&p.repo(r)),
+            "{r} missing from the run"
+        );
+    }
+    assert_eq!(
+        p.dlq.approximate_depth().await.unwrap(),
+        0,
+        "nothing dead-lettered"
     );
 }
 
@@ -580,6 +727,13 @@ async fn one_malformed_record_fails_alone_lands_in_the_dlq_with_its_error_and_re
         "{error}"
     );
     assert_eq!(letters[0].receive_count, Some(MAX_RECEIVES));
+    // The DLQ copy has a new id; the first one is kept to trace it back to the logs.
+    assert_ne!(letters[0].message_id, malformed.message_id);
+    assert_eq!(
+        letters[0].original_message_id.as_deref(),
+        Some(malformed.message_id.as_str()),
+        "the dead-lettered copy names the message id that failed"
+    );
 
     // The operator's redrive (the test server has no StartMessageMoveTask: fallback path).
     let (code, stdout, stderr) = crate::common::run_cli_env(
@@ -603,6 +757,14 @@ async fn one_malformed_record_fails_alone_lands_in_the_dlq_with_its_error_and_re
     assert!(!back[0]
         .attributes
         .contains_key(ecr_backup::queue::ERROR_ATTRIBUTE));
+    assert_eq!(
+        back[0]
+            .attributes
+            .get(ecr_backup::queue::ORIGINAL_ID_ATTRIBUTE)
+            .map(String::as_str),
+        Some(malformed.message_id.as_str()),
+        "a redrive keeps the first message id"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
