@@ -477,4 +477,46 @@ mod tests {
         let view = tag_view_from(Some(&snapshot), &catalog, None);
         assert_eq!(view[&(repo, tag)], old);
     }
+
+    /// The run's own copy records the tag at the run's exact time; a push event of that
+    /// same whole second was after the listing (had it been before, the listing would
+    /// name its digest), so it must sort after the run's record, not before it.
+    #[test]
+    fn a_push_event_of_the_run_s_second_sorts_after_the_run_s_own_record() {
+        let repo: RepositoryName = "team/app".parse().unwrap();
+        let tag: Tag = "latest".parse().unwrap();
+        let (old, new) = (Digest::of(b"old"), Digest::of(b"new"));
+        let taken = at("2026-11-27T05:30:00.850Z");
+        let mut snapshot = Snapshot::new("r".into(), taken);
+        snapshot
+            .repositories
+            .entry(repo.clone())
+            .or_default()
+            .tags
+            .insert(tag.clone(), old.clone());
+        let mut entries = vec![
+            TagEntry {
+                digest: new.clone(),
+                observed_at: at("2026-11-27T05:30:00Z"),
+            },
+            TagEntry {
+                digest: old.clone(),
+                observed_at: taken,
+            },
+        ];
+        crate::store::sort_observations(&mut entries);
+        assert_eq!(entries.last().unwrap().digest, new);
+        let mut catalog = Catalog::new();
+        catalog
+            .entry(repo.clone())
+            .or_default()
+            .tags
+            .insert(tag.clone(), entries);
+        let view = tag_view_from(Some(&snapshot), &catalog, None);
+        assert_eq!(view[&(repo.clone(), tag.clone())], new);
+        // As of the run's exact time the event (stamped at the second's start) is already
+        // included: it may have happened any time in that second.
+        let view = tag_view_from(Some(&snapshot), &catalog, Some(taken));
+        assert_eq!(view[&(repo, tag)], new);
+    }
 }

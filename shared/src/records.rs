@@ -81,6 +81,22 @@ pub struct ChildManifest {
     pub platform: Option<String>,
 }
 
+/// The last instant a recorded time may stand for, by which observations are ordered.
+///
+/// ECR events carry whole seconds: a time with no fractional second means "some time in
+/// that second", so it is read as the second's last instant. Every other time (a run's
+/// listing, a copy) is exact. Without this a push a few milliseconds after a run listed
+/// its repository (`05:30:00` against the run's `05:30:00.400`) would read as older than
+/// what the run saw, and its tag would vanish until the next run (`docs/format.md`,
+/// "Tags as of time T").
+pub fn latest_instant(t: DateTime<Utc>) -> DateTime<Utc> {
+    if t.timestamp_subsec_nanos() == 0 {
+        t + chrono::Duration::nanoseconds(999_999_999)
+    } else {
+        t
+    }
+}
+
 /// "Tag `tag` of `repository` pointed at `digest` at `observed_at`": an append-only log
 /// entry, written once after the image record exists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,6 +29,10 @@ impl WorkerContext {
     pub async fn from_env() -> Result<WorkerContext> {
         let config = WorkerConfig::from_env()?;
         let store = Store::open(&config.store).await;
+        store
+            .mark_as_store()
+            .await
+            .with_context(|| format!("marking {} as a backup store", store.location()))?;
         let sqs = SqsQueue::client_from_env().await;
         let queue = SqsQueue::new(sqs.clone(), config.queue_url.clone());
         let dead_letter = match queue.redrive_policy().await? {

@@ -22,7 +22,9 @@ use crate::digest::{Digest, DigestError};
 pub use conformance::run_conformance_suite;
 pub use dir::DirBackend;
 pub use layout::Layout;
-pub use repository::{Catalog, IndexRef, RepositoryCatalog, Store, StoreLocation, TagEntry};
+pub use repository::{
+    sort_observations, Catalog, IndexRef, RepositoryCatalog, Store, StoreLocation, TagEntry,
+};
 pub use runs::{observed_after_run, part_id, PartId, Run};
 pub use s3::{S3Backend, S3Location};
 

@@ -15,7 +15,9 @@ use super::{
 };
 use crate::digest::Digest;
 use crate::names::{RepositoryName, Tag};
-use crate::records::{DeletionRecord, ImageRecord, Snapshot, TagRecord, RECORD_VERSION};
+use crate::records::{
+    latest_instant, DeletionRecord, ImageRecord, Snapshot, TagRecord, RECORD_VERSION,
+};
 
 /// How long a leftover of an interrupted write must have been untouched before it is
 /// removed: far longer than any live write goes without touching its file.
@@ -64,6 +66,18 @@ pub struct TagEntry {
     pub digest: Digest,
     /// When the registry was seen so.
     pub observed_at: DateTime<Utc>,
+}
+
+/// Orders one tag's observations oldest first, as every reader must (`docs/format.md`,
+/// "Tags as of time T"): by [`latest_instant`], so that an ECR event of a whole second
+/// comes after a run's exact observation within that second. Records of equal time (two
+/// pushes of one tag in the same whole second, which ECR events cannot tell apart) are
+/// ordered by digest, so that every reader picks the same one; the next run's listing
+/// settles which is current.
+pub fn sort_observations(entries: &mut [TagEntry]) {
+    entries.sort_by(|a, b| {
+        (latest_instant(a.observed_at), &a.digest).cmp(&(latest_instant(b.observed_at), &b.digest))
+    });
 }
 
 /// What the store holds for one repository, from a single listing.
@@ -134,13 +148,26 @@ impl Store {
 
     /// Makes the location a store: writes `oci-layout` and an empty `index.json` if missing.
     pub async fn init(&self) -> Result<(), StoreError> {
+        self.mark_as_store().await?;
+        if self.backend.stat(layout::INDEX_JSON).await?.is_none() {
+            self.write_index(&[]).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the `oci-layout` file if missing, which makes the location a store to every
+    /// reader ([`Store::ensure_exists`]).
+    ///
+    /// Every writer does this, not only the fan-out: push events reach the worker from the
+    /// moment the stack is deployed, possibly before the first run, and a store holding
+    /// their images must be readable then. Writers race only to write the same bytes.
+    /// `index.json` is left to [`Store::init`]: it is rewritten by runs, and a writer that
+    /// found it missing could otherwise replace a run's index with an empty one.
+    pub async fn mark_as_store(&self) -> Result<(), StoreError> {
         if self.backend.stat(layout::OCI_LAYOUT).await?.is_none() {
             self.backend
                 .write(layout::OCI_LAYOUT, Bytes::from_static(OCI_LAYOUT_BYTES))
                 .await?;
-        }
-        if self.backend.stat(layout::INDEX_JSON).await?.is_none() {
-            self.write_index(&[]).await?;
         }
         Ok(())
     }
@@ -297,12 +324,9 @@ impl Store {
                 _ => {}
             }
         }
-        // Records of equal time (two pushes of one tag in the same whole second, which
-        // ECR events cannot tell apart) are ordered by digest, so that every reader picks
-        // the same one; the next run's listing settles which is current.
         for repo in catalog.values_mut() {
             for entries in repo.tags.values_mut() {
-                entries.sort_by(|a, b| (a.observed_at, &a.digest).cmp(&(b.observed_at, &b.digest)));
+                sort_observations(entries);
             }
         }
         Ok(catalog)

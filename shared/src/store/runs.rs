@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::layout::{self, Layout};
 use super::{Store, StoreError};
-use crate::records::Snapshot;
+use crate::records::{latest_instant, Snapshot};
 
 /// Snapshot parts read at once when a listing needs many of them.
 const READ_CONCURRENCY: usize = 16;
@@ -148,14 +148,12 @@ impl Run {
 /// True when a tag record observed at `observed` is newer than a run taken at `taken_at`,
 /// and so is applied on top of the run's snapshot.
 ///
-/// The rule of `docs/format.md` ("Tags as of time T"): a record counts as newer when it
-/// was observed in the same whole second as the run started, or later. ECR events carry
-/// whole seconds only, so a push a few milliseconds after the run listed its repository
-/// reads as `05:30:00` against a run taken at `05:30:00.400`; comparing exactly would
-/// drop that push until the next run. The other way round costs nothing: a record of the
-/// same second that the run's listing already saw names the digest the snapshot names.
+/// The rule of `docs/format.md` ("Tags as of time T"): times are compared by
+/// [`latest_instant`], so an ECR event of the run's own whole second counts as newer. A
+/// record of that second which the run's listing already saw names the digest the
+/// snapshot names, so reading it as newer costs nothing.
 pub fn observed_after_run(observed: DateTime<Utc>, taken_at: DateTime<Utc>) -> bool {
-    observed.timestamp() >= taken_at.timestamp()
+    latest_instant(observed) >= taken_at
 }
 
 /// A run's id, or why a snapshot id given by a user does not name one.
@@ -344,5 +342,8 @@ mod tests {
         assert!(observed_after_run(taken, taken));
         let before: DateTime<Utc> = "2026-11-27T05:29:59.999Z".parse().unwrap();
         assert!(!observed_after_run(before, taken));
+        // An exact time earlier in the same second was seen before the run listed.
+        let earlier: DateTime<Utc> = "2026-11-27T05:30:00.100Z".parse().unwrap();
+        assert!(!observed_after_run(earlier, taken));
     }
 }

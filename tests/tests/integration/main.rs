@@ -5,6 +5,7 @@ mod concurrency;
 mod corpus_smoke;
 mod export;
 mod faults;
+mod lambda_e2e;
 mod pipeline;
 mod restore;
 mod secrets;
