@@ -131,11 +131,19 @@ pub fn plan_repository(
         for t in &tags {
             entry.tags.insert(t.clone(), image.digest.clone());
         }
+        let stored = known.images.contains_key(&image.digest);
         if image.archived {
-            plan.archived.push(image);
+            // ECR cannot serve it until it is restored to ACTIVE. Backed up already, it
+            // is restorable (the snapshot carries its tags); otherwise it is named as not
+            // backed up, never sent to a worker that could only fail on it.
+            if stored {
+                plan.up_to_date += 1;
+            } else {
+                plan.archived.push(image);
+            }
             continue;
         }
-        let complete = known.images.contains_key(&image.digest)
+        let complete = stored
             && tags.iter().all(|t| {
                 known
                     .tag_as_of(t, None)
@@ -438,6 +446,56 @@ mod tests {
 
     fn at(text: &str) -> DateTime<Utc> {
         text.parse().unwrap()
+    }
+
+    fn image(repo: &RepositoryName, name: &[u8], tag: &str, archived: bool) -> SourceImage {
+        SourceImage {
+            repository: repo.clone(),
+            digest: Digest::of(name),
+            tags: vec![tag.parse().unwrap()],
+            media_type: None,
+            archived,
+        }
+    }
+
+    /// An archived image missing from the store is named, not sent to a worker and not
+    /// counted as backed up; one already backed up is restorable, so it is up to date.
+    #[test]
+    fn an_archived_image_is_named_unless_it_is_already_backed_up() {
+        let repo: RepositoryName = "team/app".parse().unwrap();
+        let taken = at("2026-11-27T05:30:00.400Z");
+        let mut plan = Plan {
+            snapshot: Snapshot::new("r".into(), taken),
+            work: Vec::new(),
+            up_to_date: 0,
+            archived: Vec::new(),
+        };
+        let mut known = RepositoryCatalog::default();
+        known.images.insert(Digest::of(b"kept"), taken);
+        let images = vec![
+            image(&repo, b"cold", "old", true),
+            image(&repo, b"kept", "older", true),
+            image(&repo, b"live", "v1", false),
+        ];
+        plan_repository(
+            &mut plan,
+            &ImageFilter::default(),
+            &repo,
+            images,
+            &known,
+            taken,
+        );
+        assert_eq!(
+            plan.archived.iter().map(|i| &i.digest).collect::<Vec<_>>(),
+            vec![&Digest::of(b"cold")]
+        );
+        assert_eq!(
+            plan.work.iter().map(|r| &r.digest).collect::<Vec<_>>(),
+            vec![&Digest::of(b"live")]
+        );
+        assert_eq!(plan.up_to_date, 1, "the archived image already backed up");
+        // The snapshot still says what the registry holds, archived images included.
+        assert_eq!(plan.snapshot.repositories[&repo].images.len(), 3);
     }
 
     /// A push event seconds-resolved to the run's own second names a digest pushed after

@@ -184,7 +184,11 @@ pub async fn fan_out(
         let (repo, images, known): (RepositoryName, Vec<SourceImage>, _) = listing?;
         report.repositories += 1;
         report.images_seen += images.len() as u64;
+        let archived_before = plan.archived.len();
         plan_repository(&mut plan, &filter, &repo, images, &known, run.taken_at);
+        for image in &plan.archived[archived_before..] {
+            tracing::warn!(repository = %image.repository, digest = %image.digest, tags = ?image.tags, "image is archived in ECR and not backed up; restore it to ACTIVE and the next run copies it");
+        }
         for request in plan.work.drain(..) {
             pending.push(Message::copy(
                 &request,

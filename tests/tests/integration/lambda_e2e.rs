@@ -896,6 +896,14 @@ async fn a_scheduled_run_backs_up_every_image_restorably_and_a_second_run_sends_
         "{}",
         finished[1]
     );
+    // Fields are typed: a count is a number, a flag a boolean, and an absent repository
+    // is absent, not the text "None".
+    for line in &finished {
+        let fields = &line["fields"];
+        assert!(fields["images_seen"].is_u64(), "{line}");
+        assert_eq!(fields["run_complete"], true, "{line}");
+        assert!(fields.get("continued_after").is_none(), "{line}");
+    }
     assert_eq!(
         lab.fanout.stats().cold_starts,
         1,
