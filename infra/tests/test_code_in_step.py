@@ -17,7 +17,8 @@ Checks, one output line each:
   * build: the template's BuildProperties.Binary is the crate's [[bin]] name.
   * queue: the worker's queue hides messages for >= 6 x the worker timeout, and the
     worker reports partial batch failures.
-  * metrics: each metric in code-calls.json has the "no data for 26 hours" alarm.
+  * metrics: each metric in code-calls.json has the "no data for 26 hours" alarm, or, with
+    "alarm_when": "above_zero", an alarm on any non-zero count.
 
 Run from anywhere: paths are relative to the repository root (two levels up).
 ECR_BACKUP_SOURCE_TEMPLATE, if set, names another template to check instead of
@@ -315,6 +316,16 @@ def main():
             label = f"{name}: alarm on {metric['namespace']}/{metric['name']} {metric.get('dimensions', {})}"
             results.check(found is not None, label, "no alarm with that namespace, name and dimensions")
             if found is None:
+                continue
+            if metric.get("alarm_when") == "above_zero":
+                # A count of images not backed up: any one of them alarms, and no data
+                # (no run) is the silence alarms' business, not this one's.
+                any_ok = (found.get("Statistic") == "Sum"
+                          and found.get("ComparisonOperator") == "GreaterThanThreshold"
+                          and resolve_number(found.get("Threshold"), template) == 0
+                          and found.get("TreatMissingData") == "notBreaching")
+                results.check(any_ok, f"{name}: that alarm fires on any {metric['name']}",
+                              "expected Sum > 0, missing data not breaching")
                 continue
             period = resolve_number(found.get("Period"), template) or 0
             evaluations = resolve_number(found.get("EvaluationPeriods"), template) or 0
