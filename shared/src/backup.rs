@@ -522,10 +522,12 @@ mod tests {
         entries.push(TagEntry {
             digest: old.clone(),
             observed_at: at("2026-11-26T05:30:00.100Z"),
+            written_at: at("2026-11-28T00:00:00Z"),
         });
         entries.push(TagEntry {
             digest: new.clone(),
             observed_at: at("2026-11-27T05:30:00Z"),
+            written_at: at("2026-11-28T00:00:00Z"),
         });
         let view = tag_view_from(Some(&snapshot), &catalog, None);
         assert_eq!(view[&(repo.clone(), tag.clone())], new);
@@ -556,10 +558,12 @@ mod tests {
             TagEntry {
                 digest: new.clone(),
                 observed_at: at("2026-11-27T05:30:00Z"),
+                written_at: at("2026-11-28T00:00:00Z"),
             },
             TagEntry {
                 digest: old.clone(),
                 observed_at: taken,
+                written_at: at("2026-11-28T00:00:00Z"),
             },
         ];
         crate::store::sort_observations(&mut entries);

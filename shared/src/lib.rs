@@ -39,6 +39,7 @@ pub mod restore;
 pub mod runtime_api;
 pub mod source;
 pub mod store;
+pub mod trust;
 pub mod verify;
 pub mod worker;
 

@@ -34,6 +34,7 @@ use crate::records::{BlobRef, ImageRecord};
 use crate::registry::{RegistryError, RetryPolicy};
 use crate::source::Source;
 use crate::store::{ByteStream, Store, StoreError};
+use crate::trust::{self, LateRecord};
 
 /// ECR repositories created at once.
 const CREATE_CONCURRENCY: usize = 4;
@@ -53,6 +54,19 @@ pub enum RestoreError {
         #[source]
         source: RegistryError,
     },
+    /// `--trusted-before`: records the restore would rely on were written after the trusted
+    /// time (so the locked vault does not hold them); nothing was pushed.
+    #[error(
+        "{} record(s) this restore relies on were written after {trusted_before} (--trusted-before), so the locked vault does not hold them and they may be forged; nothing was pushed. Pin the restore to a point before them (--as-of or --snapshot), or restore the bucket from the vault first:{}",
+        records.len(),
+        late_list(records)
+    )]
+    Untrusted {
+        /// The trusted time given.
+        trusted_before: chrono::DateTime<chrono::Utc>,
+        /// The records written after it, oldest first.
+        records: Vec<LateRecord>,
+    },
     /// `--rename` is malformed or makes an invalid repository name.
     #[error("invalid --rename {rename:?}: {reason}")]
     Rename {
@@ -61,6 +75,20 @@ pub enum RestoreError {
         /// Why it was refused.
         reason: String,
     },
+}
+
+/// The first records of a refusal, one per line (the rest counted).
+fn late_list(records: &[LateRecord]) -> String {
+    const SHOWN: usize = 20;
+    let mut text: String = records
+        .iter()
+        .take(SHOWN)
+        .map(|r| format!("\n  {} (written {})", r.key, r.written_at.to_rfc3339()))
+        .collect();
+    if records.len() > SHOWN {
+        text.push_str(&format!("\n  … and {} more", records.len() - SHOWN));
+    }
+    text
 }
 
 impl From<StoreError> for RestoreError {
@@ -178,6 +206,9 @@ pub struct RestoreOptions {
     pub blob_concurrency: usize,
     /// Retries of one blob upload after a transient failure (the stream is reopened).
     pub retry: RetryPolicy,
+    /// Refuse to push anything if a record the restore relies on was written after this
+    /// time (the creation time of the vault's last recovery point); see [`crate::trust`].
+    pub trusted_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Default for RestoreOptions {
@@ -193,6 +224,7 @@ impl Default for RestoreOptions {
                 max_retries: 3,
                 ..RetryPolicy::default()
             },
+            trusted_before: None,
         }
     }
 }
@@ -334,6 +366,21 @@ pub async fn run(
     let catalog = store.catalog(None).await?;
     let view = inventory::view_at(store, &catalog, &options.point).await?;
     let images = select(&view, options)?;
+    if let Some(trusted_before) = options.trusted_before {
+        let at = match &options.point {
+            PointInTime::AsOf(t) => Some(*t),
+            _ => None,
+        };
+        let records =
+            trust::records_written_after(store, &catalog, &view, &images, at, trusted_before)
+                .await?;
+        if !records.is_empty() {
+            return Err(RestoreError::Untrusted {
+                trusted_before,
+                records,
+            });
+        }
+    }
     reporter.images_found(images.len() as u64);
 
     let (created, refused) = create_repositories(target, &images).await;

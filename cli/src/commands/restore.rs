@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ecr_backup::filter::ImageFilter;
-use ecr_backup::inventory::PointInTime;
+use ecr_backup::inventory::{parse_time, PointInTime};
 use ecr_backup::registry::Credentials;
 use ecr_backup::restore::{self, Rename, RestoreOptions, RestoreReport, Target};
 use ecr_backup::store::{Store, StoreLocation};
@@ -45,6 +45,12 @@ pub struct Args {
     /// Restore exactly the tags of this snapshot (see `ecr-backup ls --snapshots`).
     #[arg(long, value_name = "ID")]
     snapshot: Option<String>,
+    /// Refuse to push anything if a record this restore relies on (snapshot, image or tag
+    /// record) was written to the store after TIME: give the creation time of the locked
+    /// vault's latest recovery point, so that only what the vault also holds is trusted.
+    /// RFC 3339, or `YYYY-MM-DD` for the end of that day (UTC).
+    #[arg(long, value_name = "TIME")]
+    trusted_before: Option<String>,
     /// Also restore, by digest, the untagged images of the snapshot (not with --tag).
     #[arg(long, conflicts_with = "tag")]
     include_untagged: bool,
@@ -71,6 +77,12 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
     )?;
     let point = PointInTime::from_flags(args.as_of.as_deref(), args.snapshot.as_deref())?;
     let rename = args.rename.as_deref().map(Rename::parse).transpose()?;
+    let trusted_before = args
+        .trusted_before
+        .as_deref()
+        .map(parse_time)
+        .transpose()
+        .context("--trusted-before")?;
     let credentials = match &args.target_credentials {
         Some(text) => Some(
             Credentials::from_user_password(text)
@@ -89,6 +101,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         point,
         rename,
         include_untagged: args.include_untagged,
+        trusted_before,
         image_concurrency: args.concurrency,
         blob_concurrency: args.blob_concurrency,
         ..RestoreOptions::default()

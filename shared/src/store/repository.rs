@@ -66,6 +66,9 @@ pub struct TagEntry {
     pub digest: Digest,
     /// When the registry was seen so.
     pub observed_at: DateTime<Utc>,
+    /// When the record was written, by the store's clock (S3 `LastModified`): unlike
+    /// `observed_at`, not chosen by the writer.
+    pub written_at: DateTime<Utc>,
 }
 
 /// Orders one tag's observations oldest first, as every reader must (`docs/format.md`,
@@ -83,7 +86,8 @@ pub fn sort_observations(entries: &mut [TagEntry]) {
 /// What the store holds for one repository, from a single listing.
 #[derive(Debug, Clone, Default)]
 pub struct RepositoryCatalog {
-    /// Images backed up (image record present), with the record's write time.
+    /// Images backed up (image record present), with the record's write time (by the
+    /// store's clock).
     pub images: BTreeMap<Digest, DateTime<Utc>>,
     /// Every observation of every tag, oldest first.
     pub tags: BTreeMap<Tag, Vec<TagEntry>>,
@@ -319,6 +323,7 @@ impl Store {
                     entry.tags.entry(tag).or_default().push(TagEntry {
                         digest,
                         observed_at,
+                        written_at: object.modified,
                     });
                 }
                 _ => {}

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::layout::{self, Layout};
-use super::{Store, StoreError};
+use super::{ObjectInfo, Store, StoreError};
 use crate::records::{latest_instant, Snapshot};
 
 /// Snapshot parts read at once when a listing needs many of them.
@@ -188,9 +188,21 @@ impl Store {
         let Some(run) = run_of(id) else {
             return Ok(None);
         };
-        let parts: Vec<PartId> = self
+        let parts = self
+            .part_objects(&run)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        self.read_run(&run, parts).await
+    }
+
+    /// The stored objects of run `run`'s parts, each with its part id (their write times
+    /// are what `restore --trusted-before` checks).
+    pub async fn part_objects(&self, run: &str) -> Result<Vec<(PartId, ObjectInfo)>, StoreError> {
+        Ok(self
             .backend()
-            .list(&Layout::snapshot_prefix(&run))
+            .list(&Layout::snapshot_prefix(run))
             .await?
             .into_iter()
             .filter_map(|o| {
@@ -198,10 +210,10 @@ impl Store {
                     .key
                     .strip_prefix(layout::SNAPSHOTS_PREFIX)?
                     .strip_suffix(".json")?;
-                PartId::parse(id).filter(|p| p.run == run)
+                let part = PartId::parse(id).filter(|p| p.run == run)?;
+                Some((part, o))
             })
-            .collect();
-        self.read_run(&run, parts).await
+            .collect())
     }
 
     async fn read_run(&self, run: &str, parts: Vec<PartId>) -> Result<Option<Run>, StoreError> {

@@ -684,3 +684,137 @@ async fn restore_refuses_bad_input_and_tags_nothing_half_written() -> Result<()>
     );
     Ok(())
 }
+
+/// `--trusted-before`: a forged tag record (with an `observedAt` of the forger's choosing)
+/// moves `v1` to an image the forger put into the store, and a later run writes a new
+/// snapshot. A plain restore follows the forgery; a restore trusting only what was
+/// written before the vault's last recovery point refuses, names every late record and
+/// pushes nothing; pinned to a point before the forgery it restores the real image.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_trusted_before_refuses_records_written_after_it() -> Result<()> {
+    let servers = TestServers::from_env();
+    let prefix = unique_prefix("restore-trust");
+    let client = servers.source_client();
+    let repo: RepositoryName = format!("{prefix}/app").parse()?;
+    let good = push_image(
+        &client,
+        &repo,
+        &["v1".parse()?],
+        &[random_layer(61, 8192)],
+        Format::Oci,
+    )
+    .await?;
+    let (_s3, store, bucket) = crate::common::s3_store(&servers.moto, "trust").await;
+    let first = back_up(&servers, &store, &prefix).await?;
+    // S3 write times have whole seconds: the trusted time is a second after the first
+    // run's last write, and every later write is a second after that.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let trusted = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // The forger's image enters the store under another tag of the repository, then a
+    // tag record points v1 at it.
+    let evil = push_image(
+        &client,
+        &repo,
+        &["staging".parse()?],
+        &[random_layer(62, 8192)],
+        Format::Oci,
+    )
+    .await?;
+    let second = back_up(&servers, &store, &prefix).await?;
+    assert!(second.images_copied >= 1, "{second:?}");
+    let forged = ecr_backup::records::TagRecord {
+        version: 1,
+        repository: repo.clone(),
+        tag: "v1".parse()?,
+        digest: evil.digest.clone(),
+        observed_at: chrono::Utc::now(),
+    };
+    store.put_tag_record(&forged).await?;
+
+    let target = plain_target(&servers.target_registry);
+    let b = servers.target_client();
+    let restore_as = |name: &str, point: PointInTime, trusted_before| {
+        let renamed = format!("{prefix}/{name}");
+        let options = RestoreOptions {
+            point,
+            trusted_before,
+            rename: Some(Rename::parse(&format!("{prefix}/={renamed}/")).expect("valid rule")),
+            ..options_for(&prefix)
+        };
+        let (store, target) = (store.clone(), target.clone());
+        let repo: RepositoryName = format!("{renamed}/app").parse().expect("valid name");
+        async move {
+            (
+                restore::run(&store, &target, &options, Arc::new(NoProgress)).await,
+                repo,
+            )
+        }
+    };
+
+    // Unpinned, the forgery wins: this is what the check is for.
+    let (report, plain) = restore_as("plain", PointInTime::Latest, None).await;
+    assert!(report?.is_success());
+    assert_eq!(
+        b.head_manifest(&plain, "v1").await?.map(|h| h.digest),
+        Some(evil.digest.clone())
+    );
+
+    // Trusting only what was written before `trusted`: refused, every late record named.
+    let (refused, checked) = restore_as("checked", PointInTime::Latest, Some(trusted)).await;
+    let err = refused.expect_err("late records must be refused");
+    let RestoreError::Untrusted { records, .. } = &err else {
+        panic!("expected Untrusted, got {err}");
+    };
+    let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    let tag_key =
+        ecr_backup::store::Layout::tag(&repo, &forged.tag, &evil.digest, forged.observed_at);
+    assert!(keys.contains(&tag_key.as_str()), "{keys:?}");
+    let image_key = ecr_backup::store::Layout::image(&repo, &evil.digest);
+    assert!(keys.contains(&image_key.as_str()), "{keys:?}");
+    assert!(
+        keys.contains(&format!("snapshots/{}.json", second.snapshot).as_str()),
+        "the later run's snapshot: {keys:?}"
+    );
+    assert!(records.iter().all(|r| r.written_at > trusted));
+    let text = err.to_string();
+    assert!(
+        text.contains(&tag_key) && text.contains("nothing was pushed"),
+        "{text}"
+    );
+    assert!(
+        b.head_manifest(&checked, "v1").await?.is_none(),
+        "nothing pushed"
+    );
+
+    // Pinned before the forgery, with the same trust: the real image.
+    for (name, point) in [
+        ("snap", PointInTime::Snapshot(first.snapshot.clone())),
+        ("asof", PointInTime::AsOf(trusted)),
+    ] {
+        let (report, restored) = restore_as(name, point, Some(trusted)).await;
+        let report = report?;
+        assert!(report.is_success(), "{name}: {:?}", report.images_failed);
+        assert_eq!(
+            b.head_manifest(&restored, "v1").await?.map(|h| h.digest),
+            Some(good.digest.clone()),
+            "{name}"
+        );
+    }
+
+    // The CLI flag: refused with the key named, exit code of an error.
+    let output = run_cli(
+        cli()
+            .args(["restore", "--store", &format!("s3://{bucket}/backup")])
+            .args(["--target", &servers.target_registry])
+            .args(["--repository", &format!("{prefix}/**")])
+            .args(["--rename", &format!("{prefix}/={prefix}/cli/")])
+            .args(["--trusted-before", &trusted.to_rfc3339()])
+            .env("AWS_ENDPOINT_URL", &servers.moto),
+    );
+    assert_ne!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&tag_key), "{stderr}");
+    Ok(())
+}
