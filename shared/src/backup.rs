@@ -498,6 +498,32 @@ mod tests {
         assert_eq!(plan.snapshot.repositories[&repo].images.len(), 3);
     }
 
+    /// A one-repository snapshot taken at `taken` in which `tag` names `digest`.
+    fn snapshot_with(
+        repo: &RepositoryName,
+        tag: &Tag,
+        digest: &Digest,
+        taken: DateTime<Utc>,
+    ) -> Snapshot {
+        let mut snapshot = Snapshot::new("r".into(), taken);
+        snapshot
+            .repositories
+            .entry(repo.clone())
+            .or_default()
+            .tags
+            .insert(tag.clone(), digest.clone());
+        snapshot
+    }
+
+    /// A tag observation (its write time is not what these tests are about).
+    fn entry(digest: &Digest, observed_at: DateTime<Utc>) -> TagEntry {
+        TagEntry {
+            digest: digest.clone(),
+            observed_at,
+            written_at: at("2026-11-28T00:00:00Z"),
+        }
+    }
+
     /// A push event seconds-resolved to the run's own second names a digest pushed after
     /// the run listed the repository: it wins over the snapshot.
     #[test]
@@ -505,13 +531,7 @@ mod tests {
         let repo: RepositoryName = "team/app".parse().unwrap();
         let tag: Tag = "latest".parse().unwrap();
         let (old, new) = (Digest::of(b"old"), Digest::of(b"new"));
-        let mut snapshot = Snapshot::new("r".into(), at("2026-11-27T05:30:00.400Z"));
-        snapshot
-            .repositories
-            .entry(repo.clone())
-            .or_default()
-            .tags
-            .insert(tag.clone(), old.clone());
+        let snapshot = snapshot_with(&repo, &tag, &old, at("2026-11-27T05:30:00.400Z"));
         let mut catalog = Catalog::new();
         let entries = catalog
             .entry(repo.clone())
@@ -519,16 +539,8 @@ mod tests {
             .tags
             .entry(tag.clone())
             .or_default();
-        entries.push(TagEntry {
-            digest: old.clone(),
-            observed_at: at("2026-11-26T05:30:00.100Z"),
-            written_at: at("2026-11-28T00:00:00Z"),
-        });
-        entries.push(TagEntry {
-            digest: new.clone(),
-            observed_at: at("2026-11-27T05:30:00Z"),
-            written_at: at("2026-11-28T00:00:00Z"),
-        });
+        entries.push(entry(&old, at("2026-11-26T05:30:00.100Z")));
+        entries.push(entry(&new, at("2026-11-27T05:30:00Z")));
         let view = tag_view_from(Some(&snapshot), &catalog, None);
         assert_eq!(view[&(repo.clone(), tag.clone())], new);
         // A record of the second before the run is older than the run.
@@ -547,25 +559,8 @@ mod tests {
         let tag: Tag = "latest".parse().unwrap();
         let (old, new) = (Digest::of(b"old"), Digest::of(b"new"));
         let taken = at("2026-11-27T05:30:00.850Z");
-        let mut snapshot = Snapshot::new("r".into(), taken);
-        snapshot
-            .repositories
-            .entry(repo.clone())
-            .or_default()
-            .tags
-            .insert(tag.clone(), old.clone());
-        let mut entries = vec![
-            TagEntry {
-                digest: new.clone(),
-                observed_at: at("2026-11-27T05:30:00Z"),
-                written_at: at("2026-11-28T00:00:00Z"),
-            },
-            TagEntry {
-                digest: old.clone(),
-                observed_at: taken,
-                written_at: at("2026-11-28T00:00:00Z"),
-            },
-        ];
+        let snapshot = snapshot_with(&repo, &tag, &old, taken);
+        let mut entries = vec![entry(&new, at("2026-11-27T05:30:00Z")), entry(&old, taken)];
         crate::store::sort_observations(&mut entries);
         assert_eq!(entries.last().unwrap().digest, new);
         let mut catalog = Catalog::new();

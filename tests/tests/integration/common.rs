@@ -87,30 +87,44 @@ pub async fn s3_store(moto: &str, name: &str) -> (aws_sdk_s3::Client, Store, Str
     (client, store, bucket)
 }
 
+/// Builds the workspace binaries `binaries` of `packages` (debug profile) and returns
+/// their paths, in the order of `binaries`. Tests run the binaries as users and Lambda do,
+/// so they are built from the current sources rather than trusted to be up to date.
+pub fn build_binaries(packages: &[&str], binaries: &[&str]) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.args(["build", "--quiet"]);
+    for p in packages {
+        command.args(["-p", p]);
+    }
+    let status = command
+        .current_dir(&root)
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo build for {packages:?}: {e}"));
+    assert!(status.success(), "cargo build of {packages:?} failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target"));
+    binaries
+        .iter()
+        .map(|b| {
+            let path = target.join("debug").join(b);
+            assert!(path.exists(), "{} was not built", path.display());
+            path
+        })
+        .collect()
+}
+
 /// The `ecr-backup` binary, built once per test run so it is never stale.
 pub fn cli_binary() -> PathBuf {
     static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BINARY
-        .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("the tests crate sits in the workspace")
-                .to_path_buf();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "ecr-backup-cli"])
-                .current_dir(&root)
-                .status()
-                .expect("running cargo build -p ecr-backup-cli");
-            assert!(status.success(), "cargo build -p ecr-backup-cli failed");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .map(|t| if t.is_absolute() { t } else { root.join(t) })
-                .unwrap_or_else(|| root.join("target"));
-            let binary = target.join("debug/ecr-backup");
-            assert!(binary.exists(), "{} was not built", binary.display());
-            binary
-        })
+        .get_or_init(|| build_binaries(&["ecr-backup-cli"], &["ecr-backup"]).remove(0))
         .clone()
 }
 

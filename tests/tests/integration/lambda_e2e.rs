@@ -29,7 +29,7 @@ use ecr_backup_tests::lambda_runtime_api::{
 use ecr_backup_tests::servers::{self, TestServers};
 use serde_json::{json, Value};
 
-use crate::common::{cli_binary, s3_store};
+use crate::common::{build_binaries, cli_binary, s3_store};
 
 const VISIBILITY_SECONDS: i32 = 2;
 const MAX_RECEIVES: u32 = 2;
@@ -49,39 +49,13 @@ struct Binaries {
 fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("the tests crate sits in the workspace")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "ecr-backup-fanout",
-                "-p",
-                "ecr-backup-worker",
-            ])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build for the Lambda binaries");
-        assert!(
-            status.success(),
-            "cargo build -p ecr-backup-fanout -p ecr-backup-worker failed"
+        let mut paths = build_binaries(
+            &["ecr-backup-fanout", "ecr-backup-worker"],
+            &["ecr-backup-fanout", "ecr-backup-worker"],
         );
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|t| if t.is_absolute() { t } else { root.join(t) })
-            .unwrap_or_else(|| root.join("target"));
-        let binaries = Binaries {
-            fanout: target.join("debug/ecr-backup-fanout"),
-            worker: target.join("debug/ecr-backup-worker"),
-        };
-        for b in [&binaries.fanout, &binaries.worker] {
-            assert!(b.exists(), "{} was not built", b.display());
-        }
-        binaries
+        let worker = paths.pop().expect("two binaries");
+        let fanout = paths.pop().expect("two binaries");
+        Binaries { fanout, worker }
     })
 }
 
