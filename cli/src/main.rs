@@ -38,7 +38,7 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
-    ecr_backup::memory::keep_freed_memory();
+    ecr_backup_shared::memory::keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

@@ -4,8 +4,8 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ecr_backup::progress::Reporter;
-use ecr_backup::{Digest, RepositoryName};
+use ecr_backup_shared::progress::Reporter;
+use ecr_backup_shared::{Digest, RepositoryName};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A bar counting images, with the bytes moved in its message.

@@ -1,16 +1,16 @@
 //! The fan-out Lambda's handler: on each scheduled event, enumerate ECR and send a copy
-//! message for every image the store lacks ([`ecr_backup::fanout`]).
+//! message for every image the store lacks ([`ecr_backup_shared::pipeline::fanout`]).
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ecr_backup::config::FanoutConfig;
-use ecr_backup::ecr::EcrApi;
-use ecr_backup::fanout::{fan_out, FanoutReport, FanoutRun};
-use ecr_backup::metrics::{self, Metric};
-use ecr_backup::queue::SqsQueue;
-use ecr_backup::source::Source;
-use ecr_backup::Store;
+use ecr_backup_shared::pipeline::config::FanoutConfig;
+use ecr_backup_shared::pipeline::fanout::{fan_out, FanoutReport, FanoutRun};
+use ecr_backup_shared::pipeline::metrics::{self, Metric};
+use ecr_backup_shared::pipeline::queue::SqsQueue;
+use ecr_backup_shared::source::ecr::EcrApi;
+use ecr_backup_shared::source::Source;
+use ecr_backup_shared::Store;
 
 /// Time kept back from the invocation's deadline for the snapshot and the continuation.
 const SAFETY_MARGIN: Duration = Duration::from_secs(120);

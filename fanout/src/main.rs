@@ -16,7 +16,7 @@ async fn main() -> Result<(), Error> {
         Ok(context) => context,
         Err(e) => {
             // Told to Lambda as an init error naming what is wrong (a variable, a client).
-            ecr_backup::runtime_api::report_init_error(&format!("{e:#}")).await;
+            ecr_backup_shared::pipeline::runtime_api::report_init_error(&format!("{e:#}")).await;
             return Err(e.into());
         }
     };

@@ -4,7 +4,7 @@
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use regex::Regex;
 
-use crate::names::{RepositoryName, Tag};
+use crate::oci::names::{RepositoryName, Tag};
 
 /// A filter pattern that does not compile.
 #[derive(Debug, thiserror::Error)]

@@ -1,49 +1,42 @@
 //! The engine of ecr-backup: it copies container images, byte-exact and verified, from
 //! any OCI registry (Amazon ECR first) into a content-addressed backup store, and back.
 //!
-//! The flow of one image:
+//! The folders follow the flow of one image (docs/architecture.md draws it):
 //!
-//! 1. a [`source`] enumerates images: ECR's API ([`ecr`]) or a registry's `_catalog`;
-//! 2. the [`copy`] engine fetches the manifest **by digest** through the [`registry`]
-//!    client, streams every blob it reaches into the [`store`] (hashed on the way, with
-//!    [`digest`]), then writes the manifests, then the image and tag [`records`];
-//! 3. a run ends with a snapshot of the registry's state, so restores can go back in time.
+//! | module | owns | may use |
+//! |---|---|---|
+//! | [`oci`] | digests, names, manifests: the vocabulary | — |
+//! | [`source`] | every request to a registry or to the ECR API; enumeration | `oci` |
+//! | [`store`] | backends (directory, S3), the layout, records, runs and tag views | `oci` |
+//! | [`copy`] | the engine that copies one image from a source into a store | `source`, `store` |
+//! | [`backup`] | the planner (what the store lacks) and a local run | `copy` |
+//! | [`pipeline`] | the Lambdas' logic: messages, queue, fan-out, worker, redrive, metrics | `backup` |
+//! | [`wayback`] | inventory, restore, export, verify, trust | `copy`, `source`, `store` |
 //!
-//! The store is a directory or an S3 prefix ([`store::Backend`]); its format is specified
-//! in `docs/format.md`. Queue [`message`]s carry the same work between the fan-out and
-//! worker Lambdas.
+//! Dependencies run one way, top to bottom of that table; the small modules at the root
+//! ([`stream`], [`failure`], [`filter`], [`error`], [`progress`], [`aws`], [`memory`]) are
+//! used by all and use only `oci`.
+//!
+//! The store's format is specified in `docs/format.md`.
 
 #![deny(missing_docs)]
 
 pub mod aws;
 pub mod backup;
-pub mod config;
 pub mod copy;
-pub mod digest;
-pub mod ecr;
-pub mod export;
-pub mod fanout;
+pub mod error;
+pub mod failure;
 pub mod filter;
-pub mod inventory;
-pub mod manifest;
 pub mod memory;
-pub mod message;
-pub mod metrics;
-pub mod names;
+pub mod oci;
+pub mod pipeline;
 pub mod progress;
-pub mod queue;
-pub mod records;
-pub mod redrive;
-pub mod registry;
-pub mod restore;
-pub mod runtime_api;
 pub mod source;
 pub mod store;
-pub mod trust;
-pub mod verify;
-pub mod worker;
+pub mod stream;
+pub mod wayback;
 
-pub use digest::Digest;
-pub use names::{RepositoryName, Tag};
-pub use registry::RegistryClient;
+pub use oci::digest::Digest;
+pub use oci::names::{RepositoryName, Tag};
+pub use source::registry::RegistryClient;
 pub use store::Store;

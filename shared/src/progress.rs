@@ -1,7 +1,7 @@
 //! How the engines report progress; only the CLI draws it (with indicatif).
 
-use crate::digest::Digest;
-use crate::names::RepositoryName;
+use crate::oci::digest::Digest;
+use crate::oci::names::RepositoryName;
 
 /// Receives progress events; every method has a do-nothing default.
 pub trait Reporter: Send + Sync {

@@ -26,9 +26,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use ecr_backup::manifest::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
-use ecr_backup::store::stream_of;
-use ecr_backup::{Digest, RegistryClient, RepositoryName, Tag};
+use ecr_backup_shared::oci::manifest::{
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
+};
+use ecr_backup_shared::store::stream_of;
+use ecr_backup_shared::{Digest, RegistryClient, RepositoryName, Tag};
 use serde::Serialize;
 
 /// OCI image config media type.

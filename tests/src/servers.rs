@@ -22,8 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use ecr_backup::registry::{parse_registry_url, Credentials, RegistryClient, StaticCredentials};
-use ecr_backup::{Digest, RepositoryName};
+use ecr_backup_shared::source::registry::{
+    parse_registry_url, Credentials, RegistryClient, StaticCredentials,
+};
+use ecr_backup_shared::{Digest, RepositoryName};
 use futures::StreamExt;
 
 /// The user and password of the auth registry: what moto's ECR `GetAuthorizationToken`
@@ -301,7 +303,7 @@ mod tests {
         for name in ["backup_basic", "Restore Test", "--x--", ""] {
             let p = unique_prefix(name);
             format!("{p}/app")
-                .parse::<ecr_backup::RepositoryName>()
+                .parse::<ecr_backup_shared::RepositoryName>()
                 .unwrap();
         }
         assert_ne!(unique_prefix("a"), unique_prefix("a"));

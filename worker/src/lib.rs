@@ -1,5 +1,5 @@
 //! The worker Lambda's handler: an SQS batch in, a partial batch response out. Each
-//! message is one task of the shared engine ([`ecr_backup::worker`]); only failed message
+//! message is one task of the shared engine ([`ecr_backup_shared::pipeline::worker`]); only failed message
 //! ids are reported, so one bad record never fails its batch-mates.
 
 use std::sync::atomic::Ordering;
@@ -8,15 +8,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use ecr_backup::config::WorkerConfig;
-use ecr_backup::copy::{CopyEngine, CopyOptions};
-use ecr_backup::ecr::EcrApi;
-use ecr_backup::metrics::{self, Metric};
-use ecr_backup::progress::NoProgress;
-use ecr_backup::queue::SqsQueue;
-use ecr_backup::source::Source;
-use ecr_backup::worker::{BatchItem, Worker};
-use ecr_backup::Store;
+use ecr_backup_shared::copy::{CopyEngine, CopyOptions};
+use ecr_backup_shared::pipeline::config::WorkerConfig;
+use ecr_backup_shared::pipeline::metrics::{self, Metric};
+use ecr_backup_shared::pipeline::queue::SqsQueue;
+use ecr_backup_shared::pipeline::worker::{BatchItem, Worker};
+use ecr_backup_shared::progress::NoProgress;
+use ecr_backup_shared::source::ecr::EcrApi;
+use ecr_backup_shared::source::Source;
+use ecr_backup_shared::Store;
 
 /// The worker and its settings, built once per Lambda process.
 pub struct WorkerContext {

@@ -6,7 +6,7 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    ecr_backup::memory::keep_freed_memory();
+    ecr_backup_shared::memory::keep_freed_memory();
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -17,7 +17,7 @@ async fn main() -> Result<(), Error> {
         Ok(context) => context,
         Err(e) => {
             // Told to Lambda as an init error naming what is wrong (a variable, a client).
-            ecr_backup::runtime_api::report_init_error(&format!("{e:#}")).await;
+            ecr_backup_shared::pipeline::runtime_api::report_init_error(&format!("{e:#}")).await;
             return Err(e.into());
         }
     };

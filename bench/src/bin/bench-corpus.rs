@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use ecr_backup::registry::Credentials;
-use ecr_backup::{RegistryClient, Tag};
+use ecr_backup_shared::source::registry::Credentials;
+use ecr_backup_shared::{RegistryClient, Tag};
 use ecr_backup_tests::corpus::{
     push_image, push_image_for, push_index, random_layer, repository, CorpusImage, Format, Platform,
 };

@@ -1,4 +1,4 @@
-//! Counts the AWS calls of the fan-out (`ecr_backup::fanout::fan_out`) for N images, against
+//! Counts the AWS calls of the fan-out (`ecr_backup_shared::pipeline::fanout::fan_out`) for N images, against
 //! a moto server standing in for ECR's API, SQS and S3.
 //!
 //! It registers N images in moto's ECR (`PutImage` with the real `imageDigest` of each
@@ -27,15 +27,15 @@ use aws_sdk_ecr::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_ecr::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_ecr::error::BoxError;
 use chrono::Utc;
-use ecr_backup::ecr::EcrApi;
-use ecr_backup::fanout::{fan_out, FanoutRun};
-use ecr_backup::filter::FilterSpec;
-use ecr_backup::queue::SqsQueue;
-use ecr_backup::records::{ImageRecord, TagRecord, RECORD_VERSION};
-use ecr_backup::registry::Credentials;
-use ecr_backup::source::Source;
-use ecr_backup::store::{S3Backend, S3Location, Store};
-use ecr_backup::{Digest, RepositoryName, Tag};
+use ecr_backup_shared::filter::FilterSpec;
+use ecr_backup_shared::pipeline::fanout::{fan_out, FanoutRun};
+use ecr_backup_shared::pipeline::queue::SqsQueue;
+use ecr_backup_shared::source::ecr::EcrApi;
+use ecr_backup_shared::source::registry::Credentials;
+use ecr_backup_shared::source::Source;
+use ecr_backup_shared::store::records::{ImageRecord, TagRecord, RECORD_VERSION};
+use ecr_backup_shared::store::{S3Backend, S3Location, Store};
+use ecr_backup_shared::{Digest, RepositoryName, Tag};
 use futures::{StreamExt, TryStreamExt};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use ecr_backup::backup::{self, BackupReport, RunOptions};
-use ecr_backup::copy::{CopyEngine, CopyOptions};
-use ecr_backup::filter::ImageFilter;
-use ecr_backup::registry::Credentials;
-use ecr_backup::source::Source;
-use ecr_backup::store::{Store, StoreLocation};
+use ecr_backup_shared::backup::{self, BackupReport, RunOptions};
+use ecr_backup_shared::copy::{CopyEngine, CopyOptions};
+use ecr_backup_shared::filter::ImageFilter;
+use ecr_backup_shared::source::registry::Credentials;
+use ecr_backup_shared::source::Source;
+use ecr_backup_shared::store::{Store, StoreLocation};
 
 use super::Global;
 use crate::progress::{human_bytes, Bar};

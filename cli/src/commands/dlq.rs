@@ -1,8 +1,8 @@
 //! `ecr-backup dlq ls`: what is in the dead-letter queue, and why.
 
 use anyhow::{Context, Result};
-use ecr_backup::queue::SqsQueue;
-use ecr_backup::redrive;
+use ecr_backup_shared::pipeline::queue::SqsQueue;
+use ecr_backup_shared::pipeline::redrive;
 
 use super::Global;
 use crate::Outcome;

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ecr_backup::export::{self, ExportFormat, ExportOptions, ImageReference};
-use ecr_backup::inventory::PointInTime;
-use ecr_backup::store::{Store, StoreLocation};
+use ecr_backup_shared::store::{Store, StoreLocation};
+use ecr_backup_shared::wayback::export::{self, ExportFormat, ExportOptions, ImageReference};
+use ecr_backup_shared::wayback::inventory::PointInTime;
 
 use super::Global;
 use crate::progress::human_bytes;

@@ -2,9 +2,9 @@
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use ecr_backup::inventory;
-use ecr_backup::store::{Store, StoreLocation};
-use ecr_backup::RepositoryName;
+use ecr_backup_shared::store::{Store, StoreLocation};
+use ecr_backup_shared::wayback::inventory;
+use ecr_backup_shared::RepositoryName;
 
 use super::Global;
 use crate::progress::human_bytes;

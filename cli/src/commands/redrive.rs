@@ -1,8 +1,8 @@
 //! `ecr-backup redrive`: move dead-lettered messages back to the copy queue.
 
 use anyhow::{bail, Context, Result};
-use ecr_backup::queue::SqsQueue;
-use ecr_backup::redrive;
+use ecr_backup_shared::pipeline::queue::SqsQueue;
+use ecr_backup_shared::pipeline::redrive;
 
 use super::Global;
 use crate::Outcome;

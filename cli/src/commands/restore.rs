@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use ecr_backup::filter::ImageFilter;
-use ecr_backup::inventory::{parse_time, PointInTime};
-use ecr_backup::registry::Credentials;
-use ecr_backup::restore::{self, Rename, RestoreOptions, RestoreReport, Target};
-use ecr_backup::store::{Store, StoreLocation};
+use ecr_backup_shared::filter::ImageFilter;
+use ecr_backup_shared::source::registry::Credentials;
+use ecr_backup_shared::store::{Store, StoreLocation};
+use ecr_backup_shared::wayback::inventory::{parse_time, PointInTime};
+use ecr_backup_shared::wayback::restore::{self, Rename, RestoreOptions, RestoreReport, Target};
 
 use super::Global;
 use crate::progress::{human_bytes, Bar};

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use ecr_backup::store::{Store, StoreLocation};
-use ecr_backup::verify::{self, ImageName, VerifyOptions, VerifyReport};
+use ecr_backup_shared::store::{Store, StoreLocation};
+use ecr_backup_shared::wayback::verify::{self, ImageName, VerifyOptions, VerifyReport};
 
 use super::Global;
 use crate::progress::{human_bytes, Bar};

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use futures::stream;
 
 use super::{dir::collect, stream_of, Backend, ByteStream, StoreError, WriteOutcome};
-use crate::digest::Digest;
+use crate::oci::digest::Digest;
 
 /// Runs the contract checks against an empty backend; panics with a message on a breach.
 pub async fn run_conformance_suite(backend: &dyn Backend) {

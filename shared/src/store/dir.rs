@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
 use super::{Backend, ByteStream, ObjectInfo, StoreError, WriteOutcome};
-use crate::digest::{Digest, DigestVerifier};
+use crate::oci::digest::{Digest, DigestVerifier};
 
 /// Where temporary files live while they are written, relative to the root.
 const TMP_DIR: &str = "tmp";

@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use crate::digest::Digest;
-use crate::names::{RepositoryName, Tag};
+use crate::oci::digest::Digest;
+use crate::oci::names::{RepositoryName, Tag};
 
 /// How observation times are spelled in tag record names; sorts as text in time order.
 const TAG_TIME_FORMAT: &str = "%Y%m%dT%H%M%S%.6fZ";

@@ -6,19 +6,18 @@
 mod conformance;
 mod dir;
 mod layout;
+pub mod records;
 mod repository;
 mod runs;
 mod s3;
 
-use std::pin::Pin;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::Stream;
 
-use crate::digest::{Digest, DigestError};
+use crate::oci::digest::{Digest, DigestError};
 
+pub use crate::stream::{stream_of, ByteStream};
 pub use conformance::run_conformance_suite;
 pub use dir::DirBackend;
 pub use layout::Layout;
@@ -27,14 +26,6 @@ pub use repository::{
 };
 pub use runs::{observed_after_run, part_id, PartId, Run};
 pub use s3::{S3Backend, S3Location};
-
-/// A stream of bytes read from, or written into, a backend.
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
-
-/// Turns bytes already in memory into a [`ByteStream`].
-pub fn stream_of(bytes: Bytes) -> ByteStream {
-    Box::pin(futures::stream::once(async move { Ok(bytes) }))
-}
 
 /// What went wrong while using a store; each variant names the key it was working on.
 #[derive(Debug, thiserror::Error)]

@@ -13,9 +13,9 @@ use super::layout::{self, Layout};
 use super::{
     stream_of, Backend, ByteStream, DirBackend, S3Backend, S3Location, StoreError, WriteOutcome,
 };
-use crate::digest::Digest;
-use crate::names::{RepositoryName, Tag};
-use crate::records::{
+use crate::oci::digest::Digest;
+use crate::oci::names::{RepositoryName, Tag};
+use crate::store::records::{
     latest_instant, DeletionRecord, ImageRecord, Snapshot, TagRecord, RECORD_VERSION,
 };
 
@@ -421,7 +421,7 @@ impl Store {
             .collect();
         let index = serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": crate::manifest::OCI_INDEX,
+            "mediaType": crate::oci::manifest::OCI_INDEX,
             "manifests": manifests,
         });
         let bytes = serde_json::to_vec_pretty(&index).expect("index serializes");

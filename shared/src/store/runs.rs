@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::layout::{self, Layout};
 use super::{ObjectInfo, Store, StoreError};
-use crate::records::{latest_instant, Snapshot};
+use crate::store::records::{latest_instant, Snapshot};
 
 /// Snapshot parts read at once when a listing needs many of them.
 const READ_CONCURRENCY: usize = 16;

@@ -26,7 +26,7 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::{Backend, ByteStream, ObjectInfo, StoreError, WriteOutcome};
-use crate::digest::{Digest, DigestVerifier};
+use crate::oci::digest::{Digest, DigestVerifier};
 
 /// Size of each multipart part, and the threshold for a single `PutObject`.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;

@@ -2,7 +2,7 @@
 //! for the demo: `push-sample-images http://127.0.0.1:5000 [PREFIX]`.
 
 use anyhow::{Context, Result};
-use ecr_backup::registry::Credentials;
+use ecr_backup_shared::source::registry::Credentials;
 use ecr_backup_tests::corpus::{push_corpus, CorpusOptions};
 use ecr_backup_tests::servers::registry_client;
 

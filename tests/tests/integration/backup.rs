@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ecr_backup::backup::tag_view;
-use ecr_backup::registry::Credentials;
-use ecr_backup::store::Layout;
-use ecr_backup::Digest;
+use ecr_backup_shared::backup::tag_view;
+use ecr_backup_shared::source::registry::Credentials;
+use ecr_backup_shared::store::Layout;
+use ecr_backup_shared::Digest;
 use ecr_backup_tests::corpus::{push_corpus, push_image, random_layer, CorpusOptions, Format};
 use ecr_backup_tests::servers::{self, TestServers};
 
@@ -207,7 +207,10 @@ async fn a_blob_that_does_not_match_its_digest_is_never_stored() {
 
 /// Where the source registry keeps a blob's bytes on disk (its state directory sits next
 /// to its access log).
-fn registry_blob_path(log: &std::path::Path, digest: &ecr_backup::Digest) -> std::path::PathBuf {
+fn registry_blob_path(
+    log: &std::path::Path,
+    digest: &ecr_backup_shared::Digest,
+) -> std::path::PathBuf {
     let name = log.file_stem().unwrap().to_str().unwrap();
     let hex = digest.hex();
     log.parent().unwrap().join(format!(
@@ -354,15 +357,17 @@ async fn ecr_source_is_enumerated_through_the_ecr_api_with_token_login() {
             .unwrap();
     }
 
-    let api = ecr_backup::ecr::EcrApi::new(ecr, Some("123456789012".into()));
+    let api = ecr_backup_shared::source::ecr::EcrApi::new(ecr, Some("123456789012".into()));
     let registry = servers::registry_client(&servers.auth_registry, Credentials::Anonymous);
     // Anonymous at first: the credentials come from GetAuthorizationToken.
-    let registry = ecr_backup::RegistryClient::new(
+    let registry = ecr_backup_shared::RegistryClient::new(
         registry.url().clone(),
-        std::sync::Arc::new(ecr_backup::ecr::EcrCredentials::new(api.clone())),
+        std::sync::Arc::new(ecr_backup_shared::source::ecr::EcrCredentials::new(
+            api.clone(),
+        )),
     )
     .unwrap();
-    let source = ecr_backup::source::Source::from_parts(
+    let source = ecr_backup_shared::source::Source::from_parts(
         "123456789012.dkr.ecr.us-east-1.amazonaws.com".into(),
         registry,
         Some(api),
@@ -478,7 +483,7 @@ async fn skopeo_restores_from_the_directory_store_itself_with_digests_unchanged(
             "skopeo {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let restored: ecr_backup::RepositoryName =
+        let restored: ecr_backup_shared::RepositoryName =
             format!("{}-restored", image.repository).parse().unwrap();
         let head = servers
             .target_client()
@@ -500,10 +505,10 @@ async fn a_run_reads_back_no_record_or_manifest_it_wrote_and_only_the_newest_sna
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let counting = ReadCountingBackend::new(Arc::new(ecr_backup::store::DirBackend::new(
+    let counting = ReadCountingBackend::new(Arc::new(ecr_backup_shared::store::DirBackend::new(
         dir.path().join("store"),
     )));
-    let store = ecr_backup::store::Store::new(counting.clone());
+    let store = ecr_backup_shared::store::Store::new(counting.clone());
 
     let first = backup_prefix(&servers.registry, None, &prefix, &store).await;
     assert!(first.is_success() && first.images_copied > 1, "{first:?}");

@@ -8,13 +8,13 @@ use std::path::Path;
 
 use bytes::Bytes;
 use chrono::Utc;
-use ecr_backup::copy::{CopyOptions, CopyRequest};
-use ecr_backup::manifest::{OCI_INDEX, OCI_MANIFEST};
-use ecr_backup::message::{Message, Reason, MAX_MESSAGE_BYTES};
-use ecr_backup::source::Source;
-use ecr_backup::store::Layout;
-use ecr_backup::worker::{TaskError, TaskOutcome};
-use ecr_backup::{Digest, RepositoryName, Tag};
+use ecr_backup_shared::copy::{CopyOptions, CopyRequest};
+use ecr_backup_shared::oci::manifest::{OCI_INDEX, OCI_MANIFEST};
+use ecr_backup_shared::pipeline::message::{Message, Reason, MAX_MESSAGE_BYTES};
+use ecr_backup_shared::pipeline::worker::{TaskError, TaskOutcome};
+use ecr_backup_shared::source::Source;
+use ecr_backup_shared::store::Layout;
+use ecr_backup_shared::{Digest, RepositoryName, Tag};
 use ecr_backup_tests::corpus::{
     push_image, push_small_image, random_layer, repository, CorpusImage, Format,
 };
@@ -352,8 +352,8 @@ async fn malformed_and_hostile_messages_fail_alone_with_clear_errors() {
 
     // Names at their limits are valid: a 256-character repository and a 128-character tag.
     let long_repo = format!("{}/{}", "a".repeat(127), "b".repeat(128));
-    match ecr_backup::message::parse(&raw_copy(&long_repo, D0, &"t".repeat(128))) {
-        Ok(ecr_backup::message::Task::Copy { request, .. }) => {
+    match ecr_backup_shared::pipeline::message::parse(&raw_copy(&long_repo, D0, &"t".repeat(128))) {
+        Ok(ecr_backup_shared::pipeline::message::Task::Copy { request, .. }) => {
             assert_eq!(request.repository.as_str().len(), 256);
             assert_eq!(request.tags[0].as_str().len(), 128);
         }
@@ -420,7 +420,7 @@ async fn tags_named_like_record_directories_and_names_at_their_limits() {
         let report = backup_prefix(&servers.registry, None, &prefix, store).await;
         assert!(report.is_success(), "{:?}", report.images_failed);
         let catalog = store.catalog(None).await.unwrap();
-        let view = ecr_backup::backup::tag_view(store, &catalog, None)
+        let view = ecr_backup_shared::backup::tag_view(store, &catalog, None)
             .await
             .unwrap();
         for tag in &tags {
@@ -444,14 +444,14 @@ async fn tags_named_like_record_directories_and_names_at_their_limits() {
     let blobs = assert_dir_store_consistent(&dir.path().join("store"));
     assert!(blobs.contains(&image.digest));
     for store in [&store, &s3] {
-        let options = ecr_backup::verify::VerifyOptions {
+        let options = ecr_backup_shared::wayback::verify::VerifyOptions {
             read_data: true,
             ..Default::default()
         };
-        let report = ecr_backup::verify::verify(
+        let report = ecr_backup_shared::wayback::verify::verify(
             store,
             &options,
-            std::sync::Arc::new(ecr_backup::progress::NoProgress),
+            std::sync::Arc::new(ecr_backup_shared::progress::NoProgress),
         )
         .await
         .unwrap();
@@ -462,8 +462,8 @@ async fn tags_named_like_record_directories_and_names_at_their_limits() {
     // than a file name may be on common file systems: a directory store refuses it with
     // the file system's error; S3 keys take it.
     let long: RepositoryName = "a".repeat(256).parse().unwrap();
-    let record = ecr_backup::records::TagRecord {
-        version: ecr_backup::records::RECORD_VERSION,
+    let record = ecr_backup_shared::store::records::TagRecord {
+        version: ecr_backup_shared::store::records::RECORD_VERSION,
         repository: long.clone(),
         tag: "v1".parse().unwrap(),
         digest: image.digest.clone(),
@@ -836,7 +836,7 @@ async fn broken_manifests_get_clear_errors_and_nothing_is_written_outside_the_la
                 figures.push(format!("{}: copied", s.name));
             }
             (Some(wanted), Err(e)) => {
-                let text = ecr_backup::backup::error_chain(e);
+                let text = ecr_backup_shared::error::error_chain(e);
                 assert!(
                     text.contains(wanted),
                     "{}: {text:?} does not say {wanted:?}",
@@ -945,8 +945,8 @@ proptest! {
     /// copy message that parses names a repository and tags that are safe in keys.
     #[test]
     fn messages_with_hostile_names_parse_safely(repo in hostile_name(), tag in hostile_name()) {
-        if let Ok(ecr_backup::message::Task::Copy { request, .. }) =
-            ecr_backup::message::parse(&raw_copy(&repo, D0, &tag))
+        if let Ok(ecr_backup_shared::pipeline::message::Task::Copy { request, .. }) =
+            ecr_backup_shared::pipeline::message::parse(&raw_copy(&repo, D0, &tag))
         {
             assert_key_in_layout(&Layout::image(&request.repository, &request.digest));
             for t in &request.tags {

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use ecr_backup::backup::{self, BackupReport, RunOptions};
-use ecr_backup::copy::{CopyEngine, CopyOptions};
-use ecr_backup::filter::ImageFilter;
-use ecr_backup::progress::NoProgress;
-use ecr_backup::registry::Credentials;
-use ecr_backup::source::Source;
-use ecr_backup::store::{Store, StoreLocation};
-use ecr_backup::Digest;
+use ecr_backup_shared::backup::{self, BackupReport, RunOptions};
+use ecr_backup_shared::copy::{CopyEngine, CopyOptions};
+use ecr_backup_shared::filter::ImageFilter;
+use ecr_backup_shared::progress::NoProgress;
+use ecr_backup_shared::source::registry::Credentials;
+use ecr_backup_shared::source::Source;
+use ecr_backup_shared::store::{Store, StoreLocation};
+use ecr_backup_shared::Digest;
 use sha2::{Digest as _, Sha256};
 
 /// Backs up the repositories under `prefix` of `registry` into `store`.
@@ -79,8 +79,9 @@ pub async fn s3_store(moto: &str, name: &str) -> (aws_sdk_s3::Client, Store, Str
         .send()
         .await
         .expect("create bucket");
-    let location = ecr_backup::store::S3Location::parse(&format!("s3://{bucket}/backup")).unwrap();
-    let store = Store::new(Arc::new(ecr_backup::store::S3Backend::new(
+    let location =
+        ecr_backup_shared::store::S3Location::parse(&format!("s3://{bucket}/backup")).unwrap();
+    let store = Store::new(Arc::new(ecr_backup_shared::store::S3Backend::new(
         client.clone(),
         location,
     )));
@@ -175,13 +176,13 @@ pub fn assert_dir_store_consistent(root: &Path) -> BTreeSet<Digest> {
             // a directory of that name too.
             let key = path.strip_prefix(root).unwrap().to_str().unwrap();
             let is_image_record = matches!(
-                ecr_backup::store::Layout::split_record_key(key),
+                ecr_backup_shared::store::Layout::split_record_key(key),
                 Some((_, "_images", _))
             );
             if !is_image_record {
                 continue;
             }
-            let record: ecr_backup::records::ImageRecord =
+            let record: ecr_backup_shared::store::records::ImageRecord =
                 serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
             assert!(
                 blobs.contains(&record.digest),
@@ -253,13 +254,13 @@ pub fn skopeo(home: &Path, args: &[&str]) -> std::process::Output {
 /// A backend that passes every call to another and counts the reads (`read`, `open`) of
 /// each kind of key, so that tests can show what a run did not need to read.
 pub struct ReadCountingBackend {
-    inner: Arc<dyn ecr_backup::store::Backend>,
+    inner: Arc<dyn ecr_backup_shared::store::Backend>,
     reads: std::sync::Mutex<Vec<String>>,
 }
 
 impl ReadCountingBackend {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn ecr_backup::store::Backend>) -> Arc<Self> {
+    pub fn new(inner: Arc<dyn ecr_backup_shared::store::Backend>) -> Arc<Self> {
         Arc::new(ReadCountingBackend {
             inner,
             reads: Default::default(),
@@ -277,21 +278,24 @@ impl ReadCountingBackend {
 }
 
 #[async_trait::async_trait]
-impl ecr_backup::store::Backend for ReadCountingBackend {
+impl ecr_backup_shared::store::Backend for ReadCountingBackend {
     fn location(&self) -> String {
         self.inner.location()
     }
-    async fn stat(&self, key: &str) -> Result<Option<u64>, ecr_backup::store::StoreError> {
+    async fn stat(&self, key: &str) -> Result<Option<u64>, ecr_backup_shared::store::StoreError> {
         self.inner.stat(key).await
     }
-    async fn read(&self, key: &str) -> Result<Option<bytes::Bytes>, ecr_backup::store::StoreError> {
+    async fn read(
+        &self,
+        key: &str,
+    ) -> Result<Option<bytes::Bytes>, ecr_backup_shared::store::StoreError> {
         self.note(key);
         self.inner.read(key).await
     }
     async fn open(
         &self,
         key: &str,
-    ) -> Result<ecr_backup::store::ByteStream, ecr_backup::store::StoreError> {
+    ) -> Result<ecr_backup_shared::store::ByteStream, ecr_backup_shared::store::StoreError> {
         self.note(key);
         self.inner.open(key).await
     }
@@ -299,7 +303,7 @@ impl ecr_backup::store::Backend for ReadCountingBackend {
         &self,
         key: &str,
         bytes: bytes::Bytes,
-    ) -> Result<(), ecr_backup::store::StoreError> {
+    ) -> Result<(), ecr_backup_shared::store::StoreError> {
         self.inner.write(key, bytes).await
     }
     async fn write_verified(
@@ -307,14 +311,15 @@ impl ecr_backup::store::Backend for ReadCountingBackend {
         key: &str,
         digest: &Digest,
         size: Option<u64>,
-        bytes: ecr_backup::store::ByteStream,
-    ) -> Result<ecr_backup::store::WriteOutcome, ecr_backup::store::StoreError> {
+        bytes: ecr_backup_shared::store::ByteStream,
+    ) -> Result<ecr_backup_shared::store::WriteOutcome, ecr_backup_shared::store::StoreError> {
         self.inner.write_verified(key, digest, size, bytes).await
     }
     async fn list(
         &self,
         prefix: &str,
-    ) -> Result<Vec<ecr_backup::store::ObjectInfo>, ecr_backup::store::StoreError> {
+    ) -> Result<Vec<ecr_backup_shared::store::ObjectInfo>, ecr_backup_shared::store::StoreError>
+    {
         self.inner.list(prefix).await
     }
 }

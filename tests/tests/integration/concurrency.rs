@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ecr_backup::store::{Backend, ByteStream, ObjectInfo, StoreError, WriteOutcome};
+use ecr_backup_shared::store::{Backend, ByteStream, ObjectInfo, StoreError, WriteOutcome};
 
 use ecr_backup_tests::corpus::{push_corpus, CorpusOptions};
 use ecr_backup_tests::servers::{self, TestServers};
@@ -202,7 +202,7 @@ impl Backend for LateLookups {
     async fn write_verified(
         &self,
         key: &str,
-        digest: &ecr_backup::Digest,
+        digest: &ecr_backup_shared::Digest,
         size: Option<u64>,
         bytes: ByteStream,
     ) -> Result<WriteOutcome, StoreError> {
@@ -238,11 +238,13 @@ async fn a_shared_layer_finished_during_a_slow_lookup_is_not_downloaded_again() 
     }
     let dir = tempfile::tempdir().unwrap();
     let backend = Arc::new(LateLookups {
-        inner: Arc::new(ecr_backup::store::DirBackend::new(dir.path().join("store"))),
+        inner: Arc::new(ecr_backup_shared::store::DirBackend::new(
+            dir.path().join("store"),
+        )),
         delay: std::time::Duration::from_millis(700),
         seen: Default::default(),
     });
-    let store = ecr_backup::Store::new(backend);
+    let store = ecr_backup_shared::Store::new(backend);
     let log_start = servers::log_lines(&servers.registry_log);
     let report = backup_prefix(&servers.registry, None, &prefix, &store).await;
     assert!(report.is_success(), "{:?}", report.images_failed);

@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use ecr_backup::registry::{Credentials, RegistryError};
-use ecr_backup::RepositoryName;
+use ecr_backup_shared::source::registry::{Credentials, RegistryError};
+use ecr_backup_shared::RepositoryName;
 use ecr_backup_tests::corpus::{push_corpus, push_image, random_layer, CorpusOptions, Format};
 use ecr_backup_tests::servers::{
     blob_gets, log_lines, read_blob, registry_client, unique_prefix, TestServers,

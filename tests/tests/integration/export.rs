@@ -5,9 +5,11 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use ecr_backup::export::{self, ExportError, ExportFormat, ExportOptions, ImageReference};
-use ecr_backup::inventory::PointInTime;
-use ecr_backup::{Digest, RepositoryName};
+use ecr_backup_shared::wayback::export::{
+    self, ExportError, ExportFormat, ExportOptions, ImageReference,
+};
+use ecr_backup_shared::wayback::inventory::PointInTime;
+use ecr_backup_shared::{Digest, RepositoryName};
 use serde_json::Value;
 
 use crate::common::skopeo;

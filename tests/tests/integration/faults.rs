@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
-use ecr_backup::backup::tag_view;
-use ecr_backup::copy::{CopyEngine, CopyOptions, CopyRequest};
-use ecr_backup::ecr::{EcrApi, EcrCredentials};
-use ecr_backup::message::{Message, Reason};
-use ecr_backup::progress::NoProgress;
-use ecr_backup::queue::{ReceivedMessage, SqsQueue};
-use ecr_backup::source::Source;
-use ecr_backup::store::{Layout, S3Backend, S3Location, Store};
-use ecr_backup::worker::Worker;
-use ecr_backup::{Digest, RegistryClient, RepositoryName, Tag};
+use ecr_backup_shared::backup::tag_view;
+use ecr_backup_shared::copy::{CopyEngine, CopyOptions, CopyRequest};
+use ecr_backup_shared::pipeline::message::{Message, Reason};
+use ecr_backup_shared::pipeline::queue::{ReceivedMessage, SqsQueue};
+use ecr_backup_shared::pipeline::worker::Worker;
+use ecr_backup_shared::progress::NoProgress;
+use ecr_backup_shared::source::ecr::{EcrApi, EcrCredentials};
+use ecr_backup_shared::source::Source;
+use ecr_backup_shared::store::{Layout, S3Backend, S3Location, Store};
+use ecr_backup_shared::{Digest, RegistryClient, RepositoryName, Tag};
 use ecr_backup_tests::corpus::{
     push_corpus, push_image, push_small_image, random_layer, repository, Corpus, CorpusImage,
     CorpusOptions, Format,
@@ -45,7 +45,7 @@ pub(crate) async fn registry_proxy(servers: &TestServers) -> FaultProxy {
 /// The AWS settings the project itself uses (retry mode and attempts included), with
 /// every request sent to `endpoint`.
 pub(crate) async fn aws_config_via(endpoint: &str) -> aws_config::SdkConfig {
-    ecr_backup::aws::sdk_config()
+    ecr_backup_shared::aws::sdk_config()
         .await
         .into_builder()
         .endpoint_url(endpoint)
@@ -119,7 +119,7 @@ pub(crate) async fn assert_s3_store_consistent(
         blobs.insert(key.clone(), *size);
     }
     for key in objects.keys().filter(|k| k.contains("/_images/")) {
-        let record: ecr_backup::records::ImageRecord =
+        let record: ecr_backup_shared::store::records::ImageRecord =
             serde_json::from_slice(&read(key.clone()).await).unwrap();
         for (digest, size) in std::iter::once((&record.digest, Some(record.size)))
             .chain(record.manifests.iter().map(|m| (&m.digest, Some(m.size))))
@@ -614,7 +614,7 @@ async fn an_expired_registry_token_mid_run_is_refreshed_and_the_run_completes() 
         Some("123456789012".into()),
     );
     let registry = RegistryClient::new(
-        ecr_backup::registry::parse_registry_url(&data_proxy.url()).unwrap(),
+        ecr_backup_shared::source::registry::parse_registry_url(&data_proxy.url()).unwrap(),
         Arc::new(EcrCredentials::new(api.clone())),
     )
     .unwrap();
@@ -1025,7 +1025,7 @@ async fn a_worker_that_runs_out_of_time_is_redelivered_and_does_not_download_fin
     )
     .to_body();
     queue
-        .send_raw(&[ecr_backup::queue::OutgoingMessage {
+        .send_raw(&[ecr_backup_shared::pipeline::queue::OutgoingMessage {
             body: body.clone(),
             attributes: Default::default(),
         }])
@@ -1119,7 +1119,7 @@ async fn a_worker_that_runs_out_of_time_is_redelivered_and_does_not_download_fin
 /// only the delays are shortened here, so the test does not wait out the backoff.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_persistent_503_is_asked_a_bounded_number_of_times_with_a_clear_error() {
-    use ecr_backup::registry::RetryPolicy;
+    use ecr_backup_shared::source::registry::RetryPolicy;
     let servers = TestServers::from_env();
     let prefix = servers::unique_prefix("stuck");
     let client = servers.source_client();
@@ -1165,12 +1165,16 @@ async fn a_persistent_503_is_asked_a_bounded_number_of_times_with_a_clear_error(
         },
         Arc::new(NoProgress),
     );
-    let report = ecr_backup::backup::run(
+    let report = ecr_backup_shared::backup::run(
         &source,
         &engine,
-        &ecr_backup::backup::RunOptions {
-            filter: ecr_backup::filter::ImageFilter::new(&[format!("{prefix}/**")], &[], None)
-                .unwrap(),
+        &ecr_backup_shared::backup::RunOptions {
+            filter: ecr_backup_shared::filter::ImageFilter::new(
+                &[format!("{prefix}/**")],
+                &[],
+                None,
+            )
+            .unwrap(),
             image_concurrency: 2,
         },
         Arc::new(NoProgress),

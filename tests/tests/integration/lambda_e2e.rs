@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, SubsecRound, Utc};
-use ecr_backup::manifest::OCI_INDEX;
-use ecr_backup::queue::SqsQueue;
-use ecr_backup::{Digest, RepositoryName, Store, Tag};
+use ecr_backup_shared::oci::manifest::OCI_INDEX;
+use ecr_backup_shared::pipeline::queue::SqsQueue;
+use ecr_backup_shared::{Digest, RepositoryName, Store, Tag};
 use ecr_backup_tests::corpus::{
     push_image, push_image_for, push_index, random_layer, repository, CorpusImage, Format, Platform,
 };

@@ -7,18 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use ecr_backup::backup::tag_view;
-use ecr_backup::config::FanoutConfig;
-use ecr_backup::copy::{CopyEngine, CopyOptions};
-use ecr_backup::ecr::{EcrApi, EcrCredentials};
-use ecr_backup::filter::FilterSpec;
-use ecr_backup::progress::NoProgress;
-use ecr_backup::queue::SqsQueue;
-use ecr_backup::source::Source;
-use ecr_backup::store::StoreLocation;
-use ecr_backup::worker::Worker;
-use ecr_backup::{Digest, RegistryClient, RepositoryName, Store, Tag};
 use ecr_backup_fanout::FanoutContext;
+use ecr_backup_shared::backup::tag_view;
+use ecr_backup_shared::copy::{CopyEngine, CopyOptions};
+use ecr_backup_shared::filter::FilterSpec;
+use ecr_backup_shared::pipeline::config::FanoutConfig;
+use ecr_backup_shared::pipeline::queue::SqsQueue;
+use ecr_backup_shared::pipeline::worker::Worker;
+use ecr_backup_shared::progress::NoProgress;
+use ecr_backup_shared::source::ecr::{EcrApi, EcrCredentials};
+use ecr_backup_shared::source::Source;
+use ecr_backup_shared::store::StoreLocation;
+use ecr_backup_shared::{Digest, RegistryClient, RepositoryName, Store, Tag};
 use ecr_backup_tests::corpus::{push_image, random_layer, repository, CorpusImage, Format};
 use ecr_backup_tests::servers::{self, TestServers};
 use ecr_backup_worker::WorkerContext;
@@ -88,7 +88,8 @@ impl Pipeline {
 
         let api = EcrApi::new(ecr.clone(), Some("123456789012".into()));
         let registry = RegistryClient::new(
-            ecr_backup::registry::parse_registry_url(&servers.auth_registry).unwrap(),
+            ecr_backup_shared::source::registry::parse_registry_url(&servers.auth_registry)
+                .unwrap(),
             Arc::new(EcrCredentials::new(api.clone())),
         )
         .unwrap();
@@ -268,7 +269,7 @@ impl Pipeline {
 }
 
 /// The SQS event Lambda would deliver for one received message.
-fn sqs_event_of(m: &ecr_backup::queue::ReceivedMessage) -> SqsEvent {
+fn sqs_event_of(m: &ecr_backup_shared::pipeline::queue::ReceivedMessage) -> SqsEvent {
     serde_json::from_value(serde_json::json!({ "Records": [{
         "messageId": m.message_id,
         "receiptHandle": m.receipt_handle,
@@ -384,10 +385,16 @@ async fn a_fanout_out_of_time_continues_through_the_queue() {
         repositories: vec![format!("{}/**", p.prefix.trim_end_matches('/'))],
         ..FilterSpec::default()
     };
-    let run = ecr_backup::fanout::FanoutRun::start(filter, None);
-    let report = ecr_backup::fanout::fan_out(&p.source, &p.store, &p.queue, &run, Duration::ZERO)
-        .await
-        .unwrap();
+    let run = ecr_backup_shared::pipeline::fanout::FanoutRun::start(filter, None);
+    let report = ecr_backup_shared::pipeline::fanout::fan_out(
+        &p.source,
+        &p.store,
+        &p.queue,
+        &run,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.repositories, 1);
     assert_eq!(report.continued_after, Some(p.repo("a")));
     p.drain().await;
@@ -399,7 +406,7 @@ async fn a_fanout_out_of_time_continues_through_the_queue() {
             "{r} missing: {tags:?}"
         );
     }
-    let run = ecr_backup::backup::latest_run(&p.store, None)
+    let run = ecr_backup_shared::backup::latest_run(&p.store, None)
         .await
         .unwrap()
         .expect("a complete run");
@@ -427,7 +434,7 @@ async fn a_lost_continuation_leaves_an_incomplete_run_and_a_duplicated_one_compl
         repositories: vec![format!("{}/**", p.prefix.trim_end_matches('/'))],
         ..FilterSpec::default()
     };
-    let continuations = |messages: &[ecr_backup::queue::ReceivedMessage]| {
+    let continuations = |messages: &[ecr_backup_shared::pipeline::queue::ReceivedMessage]| {
         messages
             .iter()
             .filter(|m| m.body.contains("continue-fanout"))
@@ -436,8 +443,8 @@ async fn a_lost_continuation_leaves_an_incomplete_run_and_a_duplicated_one_compl
     };
 
     // Lost: the part is written, its continuation is dropped (a crash right after).
-    let lost = ecr_backup::fanout::FanoutRun::start(filter.clone(), Some(1));
-    let report = ecr_backup::fanout::fan_out(
+    let lost = ecr_backup_shared::pipeline::fanout::FanoutRun::start(filter.clone(), Some(1));
+    let report = ecr_backup_shared::pipeline::fanout::fan_out(
         &p.source,
         &p.store,
         &p.queue,
@@ -468,7 +475,7 @@ async fn a_lost_continuation_leaves_an_incomplete_run_and_a_duplicated_one_compl
         "a run without its last part is incomplete"
     );
     assert!(
-        ecr_backup::backup::latest_run(&p.store, None)
+        ecr_backup_shared::backup::latest_run(&p.store, None)
             .await
             .unwrap()
             .is_none(),
@@ -490,8 +497,8 @@ async fn a_lost_continuation_leaves_an_incomplete_run_and_a_duplicated_one_compl
     assert!(err.contains("incomplete"), "{err}");
 
     // Duplicated: every continuation is delivered twice.
-    let run = ecr_backup::fanout::FanoutRun::start(filter, Some(1));
-    ecr_backup::fanout::fan_out(
+    let run = ecr_backup_shared::pipeline::fanout::FanoutRun::start(filter, Some(1));
+    ecr_backup_shared::pipeline::fanout::fan_out(
         &p.source,
         &p.store,
         &p.queue,
@@ -714,7 +721,9 @@ async fn one_malformed_record_fails_alone_lands_in_the_dlq_with_its_error_and_re
         "received maxReceiveCount times"
     );
     assert_eq!(p.queue.approximate_depth().await.unwrap(), 0);
-    let letters = ecr_backup::redrive::peek(&p.dlq, 10).await.unwrap();
+    let letters = ecr_backup_shared::pipeline::redrive::peek(&p.dlq, 10)
+        .await
+        .unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(!letters[0].message_id.is_empty());
     let error = letters[0].error.as_deref().unwrap_or_default();
@@ -756,11 +765,11 @@ async fn one_malformed_record_fails_alone_lands_in_the_dlq_with_its_error_and_re
     assert!(back[0].body.contains("../../etc"), "the same body is back");
     assert!(!back[0]
         .attributes
-        .contains_key(ecr_backup::queue::ERROR_ATTRIBUTE));
+        .contains_key(ecr_backup_shared::pipeline::queue::ERROR_ATTRIBUTE));
     assert_eq!(
         back[0]
             .attributes
-            .get(ecr_backup::queue::ORIGINAL_ID_ATTRIBUTE)
+            .get(ecr_backup_shared::pipeline::queue::ORIGINAL_ID_ATTRIBUTE)
             .map(String::as_str),
         Some(malformed.message_id.as_str()),
         "a redrive keeps the first message id"
@@ -801,7 +810,10 @@ async fn push_events_obey_the_same_repository_and_tag_selection_as_the_fanout() 
             _ => {
                 assert!(!stored, "{repo}:{tag} should be left out");
                 assert!(
-                    matches!(outcome, ecr_backup::worker::TaskOutcome::Ignored(_)),
+                    matches!(
+                        outcome,
+                        ecr_backup_shared::pipeline::worker::TaskOutcome::Ignored(_)
+                    ),
                     "{outcome:?}"
                 );
             }

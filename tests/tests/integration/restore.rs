@@ -12,16 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use ecr_backup::backup::{self, BackupReport, RunOptions};
-use ecr_backup::copy::{CopyEngine, CopyOptions};
-use ecr_backup::filter::ImageFilter;
-use ecr_backup::inventory::{parse_time, InventoryError, PointInTime};
-use ecr_backup::progress::NoProgress;
-use ecr_backup::registry::{Credentials, RegistryError};
-use ecr_backup::restore::{self, Rename, RestoreError, RestoreOptions, Target};
-use ecr_backup::source::Source;
-use ecr_backup::store::{DirBackend, Store, StoreError};
-use ecr_backup::{Digest, RegistryClient, RepositoryName};
+use ecr_backup_shared::backup::{self, BackupReport, RunOptions};
+use ecr_backup_shared::copy::{CopyEngine, CopyOptions};
+use ecr_backup_shared::filter::ImageFilter;
+use ecr_backup_shared::progress::NoProgress;
+use ecr_backup_shared::source::registry::{Credentials, RegistryError};
+use ecr_backup_shared::source::Source;
+use ecr_backup_shared::store::{DirBackend, Store, StoreError};
+use ecr_backup_shared::wayback::inventory::{parse_time, InventoryError, PointInTime};
+use ecr_backup_shared::wayback::restore::{self, Rename, RestoreError, RestoreOptions, Target};
+use ecr_backup_shared::{Digest, RegistryClient, RepositoryName};
 use ecr_backup_tests::corpus::{
     push_corpus, push_image, random_layer, Corpus, CorpusImage, CorpusOptions, Format,
 };
@@ -724,7 +724,7 @@ async fn restore_trusted_before_refuses_records_written_after_it() -> Result<()>
     .await?;
     let second = back_up(&servers, &store, &prefix).await?;
     assert!(second.images_copied >= 1, "{second:?}");
-    let forged = ecr_backup::records::TagRecord {
+    let forged = ecr_backup_shared::store::records::TagRecord {
         version: 1,
         repository: repo.clone(),
         tag: "v1".parse()?,
@@ -769,9 +769,9 @@ async fn restore_trusted_before_refuses_records_written_after_it() -> Result<()>
     };
     let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
     let tag_key =
-        ecr_backup::store::Layout::tag(&repo, &forged.tag, &evil.digest, forged.observed_at);
+        ecr_backup_shared::store::Layout::tag(&repo, &forged.tag, &evil.digest, forged.observed_at);
     assert!(keys.contains(&tag_key.as_str()), "{keys:?}");
-    let image_key = ecr_backup::store::Layout::image(&repo, &evil.digest);
+    let image_key = ecr_backup_shared::store::Layout::image(&repo, &evil.digest);
     assert!(keys.contains(&image_key.as_str()), "{keys:?}");
     assert!(
         keys.contains(&format!("snapshots/{}.json", second.snapshot).as_str()),

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use ecr_backup::ecr::{EcrApi, EcrCredentials};
-use ecr_backup::source::Source;
-use ecr_backup::RegistryClient;
+use ecr_backup_shared::source::ecr::{EcrApi, EcrCredentials};
+use ecr_backup_shared::source::Source;
+use ecr_backup_shared::RegistryClient;
 use ecr_backup_tests::corpus::{push_small_image, repository, CorpusImage};
 use ecr_backup_tests::fault_proxy::{Canned, Fault, FaultProxy, Flavor, Rule, When};
 use ecr_backup_tests::servers::{self, TestServers};
@@ -360,7 +360,7 @@ async fn no_secret_reaches_in_process_logs_through_token_refresh_and_presigned_r
         Some("123456789012".into()),
     );
     let registry = RegistryClient::new(
-        ecr_backup::registry::parse_registry_url(&data_proxy.url()).unwrap(),
+        ecr_backup_shared::source::registry::parse_registry_url(&data_proxy.url()).unwrap(),
         Arc::new(EcrCredentials::new(api.clone())),
     )
     .unwrap();
@@ -383,8 +383,10 @@ async fn no_secret_reaches_in_process_logs_through_token_refresh_and_presigned_r
     ));
     let refused_client = servers::registry_client(
         &refusing.url(),
-        ecr_backup::registry::Credentials::from_user_password(&format!("AWS:{WRONG_PASSWORD}"))
-            .unwrap(),
+        ecr_backup_shared::source::registry::Credentials::from_user_password(&format!(
+            "AWS:{WRONG_PASSWORD}"
+        ))
+        .unwrap(),
     );
     let refused_error = refused_client.ping().await.unwrap_err();
     tracing::error!(error = %refused_error, "refused");

@@ -1,7 +1,7 @@
 //! The S3 backend against a real S3 API server passes the same conformance suite as the
 //! directory backend.
 
-use ecr_backup::store::run_conformance_suite;
+use ecr_backup_shared::store::run_conformance_suite;
 use ecr_backup_tests::servers::TestServers;
 
 use crate::common::{assert_no_open_multipart_uploads, s3_store};

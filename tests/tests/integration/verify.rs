@@ -4,11 +4,13 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use ecr_backup::inventory::InventoryError;
-use ecr_backup::progress::NoProgress;
-use ecr_backup::store::{Layout, StoreError};
-use ecr_backup::verify::{self, BlobFault, VerifyError, VerifyOptions, VerifyReport};
-use ecr_backup::Digest;
+use ecr_backup_shared::progress::NoProgress;
+use ecr_backup_shared::store::{Layout, StoreError};
+use ecr_backup_shared::wayback::inventory::InventoryError;
+use ecr_backup_shared::wayback::verify::{
+    self, BlobFault, VerifyError, VerifyOptions, VerifyReport,
+};
+use ecr_backup_shared::Digest;
 
 use crate::restore::{cli, run_cli, store_at, Fixture};
 

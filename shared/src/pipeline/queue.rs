@@ -13,7 +13,7 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 use serde::Serialize;
 
-use crate::message::Message;
+use crate::pipeline::message::Message;
 
 /// Entries per `SendMessageBatch` call (the SQS maximum).
 pub const SEND_BATCH_SIZE: usize = 10;

@@ -15,12 +15,13 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
-use crate::digest::Digest;
-use crate::manifest::{self, ManifestError};
-use crate::names::{RepositoryName, Tag};
+pub use crate::failure::FailureKind;
+use crate::oci::digest::Digest;
+use crate::oci::manifest::{self, ManifestError};
+use crate::oci::names::{RepositoryName, Tag};
 use crate::progress::Reporter;
-use crate::records::{BlobRef, ChildManifest, ImageRecord, TagRecord, RECORD_VERSION};
-use crate::registry::{RegistryClient, RegistryError, RetryPolicy};
+use crate::source::registry::{RegistryClient, RegistryError, RetryPolicy};
+use crate::store::records::{BlobRef, ChildManifest, ImageRecord, TagRecord, RECORD_VERSION};
 use crate::store::{RepositoryCatalog, Store, StoreError, WriteOutcome};
 
 /// Deepest nesting of indexes followed (an index of indexes of manifests is depth 2).
@@ -103,27 +104,6 @@ pub enum CopyError {
         /// The image.
         digest: Digest,
     },
-}
-
-/// What kind of failure a copy met, decided where the failing request was made (never
-/// from an error's text). Callers decide from it whether a message may be acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailureKind {
-    /// The requested image's top manifest does not exist at the source.
-    Gone,
-    /// A manifest or blob the image references does not exist at the source.
-    MissingReferenced,
-    /// The image is archived in ECR and cannot be pulled now.
-    Archived,
-    /// The registry or store asked us to slow down (429, S3 `SlowDown`).
-    Throttled,
-    /// A failure that may pass (5xx, a broken connection, a timeout).
-    Transient,
-    /// Credentials or permissions were refused, or the request was rejected as invalid.
-    Refused,
-    /// Bytes that do not match their digest, or manifests this tool cannot follow.
-    Corrupt,
 }
 
 impl CopyError {

@@ -11,20 +11,20 @@ use chrono::Utc;
 use futures::StreamExt;
 use tracing::Instrument;
 
-use crate::backup::error_chain;
 use crate::copy::{CopyEngine, CopyError, CopyRequest, FailureKind, ImageOutcome};
-use crate::digest::Digest;
-use crate::ecr::EcrImageState;
-use crate::fanout::{fan_out, FanoutError, FanoutReport, FanoutRun};
+use crate::error::error_chain;
 use crate::filter::ImageFilter;
-use crate::message::{self, MessageError, Reason, Task};
-use crate::names::RepositoryName;
-use crate::queue::{
+use crate::oci::digest::Digest;
+use crate::oci::names::RepositoryName;
+use crate::pipeline::fanout::{fan_out, FanoutError, FanoutReport, FanoutRun};
+use crate::pipeline::message::{self, MessageError, Reason, Task};
+use crate::pipeline::queue::{
     OutgoingMessage, QueueError, SqsQueue, ERROR_ATTRIBUTE, FAILED_AT_ATTRIBUTE,
     FIRST_RECEIVED_ATTRIBUTE, ORIGINAL_ID_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE,
 };
-use crate::records::{DeletionRecord, RECORD_VERSION};
+use crate::source::ecr::EcrImageState;
 use crate::source::Source;
+use crate::store::records::{DeletionRecord, RECORD_VERSION};
 use crate::store::StoreError;
 
 /// How often a long task's message is hidden again, and for how long.

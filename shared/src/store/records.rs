@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
-use crate::names::{RepositoryName, Tag};
+use crate::oci::digest::Digest;
+use crate::oci::names::{RepositoryName, Tag};
 
 /// Version written into every record; readers refuse records with a newer one.
 pub const RECORD_VERSION: u32 = 1;

@@ -34,10 +34,10 @@ pub use auth::{
 };
 pub use error::RegistryError;
 
-use crate::digest::Digest;
-use crate::manifest::{self, Descriptor, ALL_MANIFEST_TYPES, MAX_MANIFEST_BYTES};
-use crate::names::{RepositoryName, Tag};
-use crate::store::ByteStream;
+use crate::oci::digest::Digest;
+use crate::oci::manifest::{self, Descriptor, ALL_MANIFEST_TYPES, MAX_MANIFEST_BYTES};
+use crate::oci::names::{RepositoryName, Tag};
+use crate::stream::ByteStream;
 
 /// Retry policy for one registry request.
 #[derive(Debug, Clone, Copy)]
@@ -874,7 +874,7 @@ impl RegistryClient {
         // The upload's one retry layer: push_blob retries none of its requests.
         self.with_retries(
             || async {
-                self.push_blob(repo, &digest, size, crate::store::stream_of(bytes.clone()))
+                self.push_blob(repo, &digest, size, crate::stream::stream_of(bytes.clone()))
                     .await
             },
             |_| false,

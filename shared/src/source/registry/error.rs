@@ -1,6 +1,6 @@
 //! Errors of the registry client.
 
-use crate::digest::DigestError;
+use crate::oci::digest::DigestError;
 
 /// What went wrong talking to a registry; each variant names what was being fetched.
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +96,8 @@ pub enum RegistryError {
 impl RegistryError {
     /// The kind of failure, from the variant and status (a 404 is decided by the caller,
     /// who knows what was asked for: [`crate::copy::CopyError::Gone`] or `Missing`).
-    pub fn kind(&self) -> crate::copy::FailureKind {
-        use crate::copy::FailureKind;
+    pub fn kind(&self) -> crate::failure::FailureKind {
+        use crate::failure::FailureKind;
         match self {
             RegistryError::Status { status: 429, .. } => FailureKind::Throttled,
             RegistryError::Connect { .. } | RegistryError::Status { .. } if self.is_transient() => {

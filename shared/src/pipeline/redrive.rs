@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::message::{self, Message, Reason, Task};
-use crate::queue::{
+use crate::pipeline::message::{self, Message, Reason, Task};
+use crate::pipeline::queue::{
     OutgoingMessage, QueueError, ReceivedMessage, SqsQueue, ERROR_ATTRIBUTE, FAILED_AT_ATTRIBUTE,
     FIRST_RECEIVED_ATTRIBUTE, ORIGINAL_ID_ATTRIBUTE, RECEIVE_COUNT_ATTRIBUTE,
 };

@@ -19,11 +19,11 @@ use serde::Serialize;
 
 use crate::backup::{self, plan_repository, BackupError, Plan};
 use crate::filter::FilterSpec;
-use crate::message::{Message, Reason, MESSAGE_VERSION};
-use crate::names::RepositoryName;
-use crate::queue::{QueueError, SqsQueue, SEND_BATCH_SIZE};
-use crate::records::Snapshot;
+use crate::oci::names::RepositoryName;
+use crate::pipeline::message::{Message, Reason, MESSAGE_VERSION};
+use crate::pipeline::queue::{QueueError, SqsQueue, SEND_BATCH_SIZE};
 use crate::source::{Source, SourceError, SourceImage};
+use crate::store::records::Snapshot;
 use crate::store::{Store, StoreError};
 
 /// Repositories enumerated at once.

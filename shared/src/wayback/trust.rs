@@ -12,9 +12,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::inventory::TagView;
-use crate::restore::RestoreImage;
 use crate::store::{observed_after_run, Catalog, Layout, Store, StoreError};
+use crate::wayback::inventory::TagView;
+use crate::wayback::restore::RestoreImage;
 
 /// A record a restore would rely on that was written after the trusted time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

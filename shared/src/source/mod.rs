@@ -1,36 +1,33 @@
-//! Where images come from: any OCI registry (enumerated through `_catalog` and
-//! `tags/list`) or Amazon ECR (enumerated through its API, untagged images included).
+//! Where images come from, and where restores go: the OCI [`registry`] client (transport,
+//! authentication, pull, push, enumeration), the [`ecr`] control plane (its API and login
+//! tokens), and [`Source`], which enumerates either into [`SourceImage`]s.
+//!
+//! Owns: every request to a registry or to the ECR API, and the [`FailureKind`] of each
+//! failure, decided where the request is made. May use: `oci`, `stream`, `failure`.
+//!
+//! [`FailureKind`]: crate::failure::FailureKind
+
+pub mod ecr;
+pub mod image;
+pub mod registry;
+
+pub use image::SourceImage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 
-use crate::digest::Digest;
-use crate::ecr::{EcrApi, EcrCredentials, EcrError, EcrRegistry};
-use crate::names::{RepositoryName, Tag};
-use crate::registry::{
+use crate::oci::digest::Digest;
+use crate::oci::names::{RepositoryName, Tag};
+use crate::source::ecr::{EcrApi, EcrCredentials, EcrError, EcrRegistry};
+use crate::source::registry::{
     parse_registry_url, CredentialSource, Credentials, RegistryClient, RegistryError,
     StaticCredentials,
 };
 
 /// Manifest HEADs in flight at once while resolving tags of a plain registry.
 const TAG_RESOLVE_CONCURRENCY: usize = 8;
-
-/// One image found in a source: a manifest digest and the tags on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceImage {
-    /// The repository.
-    pub repository: RepositoryName,
-    /// The manifest (or index) digest.
-    pub digest: Digest,
-    /// Tags pointing at it (empty for an untagged image).
-    pub tags: Vec<Tag>,
-    /// The manifest's media type, if the source said.
-    pub media_type: Option<String>,
-    /// ECR archive storage: listed, but not pullable until restored.
-    pub archived: bool,
-}
 
 /// Enumeration failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,14 +124,15 @@ impl Source {
             return Ok(api.images(repo).await?);
         }
         let tags = self.registry.tags(repo).await?;
-        let heads: Vec<(Tag, Option<crate::registry::ManifestHead>)> = futures::stream::iter(tags)
-            .map(|tag| async move {
-                let head = self.registry.head_manifest(repo, tag.as_str()).await?;
-                Ok::<_, RegistryError>((tag, head))
-            })
-            .buffered(TAG_RESOLVE_CONCURRENCY)
-            .try_collect()
-            .await?;
+        let heads: Vec<(Tag, Option<crate::source::registry::ManifestHead>)> =
+            futures::stream::iter(tags)
+                .map(|tag| async move {
+                    let head = self.registry.head_manifest(repo, tag.as_str()).await?;
+                    Ok::<_, RegistryError>((tag, head))
+                })
+                .buffered(TAG_RESOLVE_CONCURRENCY)
+                .try_collect()
+                .await?;
         let mut by_digest: BTreeMap<Digest, SourceImage> = BTreeMap::new();
         for (tag, head) in heads {
             // A tag deleted between listing and HEAD is simply gone.

@@ -9,9 +9,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::backup::{latest_run, tag_view_from};
-use crate::digest::Digest;
-use crate::names::{RepositoryName, Tag};
-use crate::records::Snapshot;
+use crate::oci::digest::Digest;
+use crate::oci::names::{RepositoryName, Tag};
+use crate::store::records::Snapshot;
 use crate::store::{Catalog, Run, Store, StoreError};
 
 /// Records read at once when a listing needs many of them.
@@ -333,7 +333,7 @@ pub async fn repository(
             store: store.location(),
         });
     }
-    let records: BTreeMap<Digest, crate::records::ImageRecord> = futures::stream::iter(
+    let records: BTreeMap<Digest, crate::store::records::ImageRecord> = futures::stream::iter(
         known.images.keys(),
     )
     .map(|d| async move { Ok::<_, StoreError>((d.clone(), store.image_record(repo, d).await?)) })

@@ -14,12 +14,12 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::digest::{Digest, DigestVerifier};
-use crate::inventory::{self, InventoryError};
-use crate::names::{RepositoryName, Tag};
+use crate::oci::digest::{Digest, DigestVerifier};
+use crate::oci::names::{RepositoryName, Tag};
 use crate::progress::Reporter;
-use crate::records::ImageRecord;
+use crate::store::records::ImageRecord;
 use crate::store::{Layout, Store, StoreError};
+use crate::wayback::inventory::{self, InventoryError};
 
 /// Records read and blobs stat'ed at once.
 const METADATA_CONCURRENCY: usize = 16;
@@ -293,7 +293,7 @@ pub async fn verify(
             Err(e) => {
                 unreadable_records.push(UnreadableRecord {
                     key: Layout::image(&repo, &digest),
-                    error: crate::backup::error_chain(&e),
+                    error: crate::error::error_chain(&e),
                 });
                 continue;
             }
@@ -355,7 +355,7 @@ pub async fn verify(
                 faults.insert(
                     digest,
                     BlobFault::Unreadable {
-                        error: crate::backup::error_chain(&e),
+                        error: crate::error::error_chain(&e),
                     },
                 );
             }
@@ -463,7 +463,7 @@ async fn rehash(
     bytes_read: &AtomicU64,
 ) -> Option<BlobFault> {
     let unreadable = |e: &dyn std::error::Error| BlobFault::Unreadable {
-        error: crate::backup::error_chain(e),
+        error: crate::error::error_chain(e),
     };
     let mut stream = match store.open_blob(digest).await {
         Ok(s) => s,

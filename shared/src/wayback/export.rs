@@ -13,12 +13,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::digest::{Digest, DigestError};
-use crate::inventory::{self, InventoryError, PointInTime};
-use crate::manifest::{self, ManifestError, OCI_INDEX};
-use crate::names::{RepositoryName, Tag};
-use crate::restore::{VerifiedStream, VerifyFailure};
+use crate::oci::digest::{Digest, DigestError};
+use crate::oci::manifest::{self, ManifestError, OCI_INDEX};
+use crate::oci::names::{RepositoryName, Tag};
 use crate::store::{Layout, Store, StoreError};
+use crate::wayback::inventory::{self, InventoryError, PointInTime};
+use crate::wayback::restore::{VerifiedStream, VerifyFailure};
 
 /// Deepest nesting of indexes followed.
 const MAX_INDEX_DEPTH: usize = 4;

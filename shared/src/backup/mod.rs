@@ -12,12 +12,13 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::copy::{CopyEngine, CopyError, CopyRequest, ImageOutcome};
-use crate::digest::Digest;
+use crate::error::error_chain;
 use crate::filter::ImageFilter;
-use crate::names::{RepositoryName, Tag};
+use crate::oci::digest::Digest;
+use crate::oci::names::{RepositoryName, Tag};
 use crate::progress::Reporter;
-use crate::records::{Snapshot, SnapshotRepository};
 use crate::source::{Source, SourceError, SourceImage};
+use crate::store::records::{Snapshot, SnapshotRepository};
 use crate::store::{observed_after_run, Catalog, IndexRef, RepositoryCatalog, Store, StoreError};
 
 /// Repositories enumerated at once.
@@ -334,21 +335,6 @@ pub async fn run(
 
 fn round_ms(d: Duration) -> f64 {
     (d.as_millis() as f64) / 1000.0
-}
-
-/// Formats an error with its causes: `a: b: c`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
 }
 
 /// The newest complete run taken at or before `at` (or ever), all its parts merged (see

@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::copy::CopyRequest;
-use crate::digest::Digest;
 use crate::filter::FilterSpec;
-use crate::names::{RepositoryName, Tag};
+use crate::oci::digest::Digest;
+use crate::oci::names::{RepositoryName, Tag};
 
 /// The schema version this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;

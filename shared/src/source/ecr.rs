@@ -11,10 +11,10 @@ use aws_sdk_ecr::Client;
 use base64::Engine;
 use tokio::sync::Mutex;
 
-use crate::digest::Digest;
-use crate::names::RepositoryName;
-use crate::registry::{CredentialSource, Credentials, RegistryError};
-use crate::source::SourceImage;
+use crate::oci::digest::Digest;
+use crate::oci::names::RepositoryName;
+use crate::source::image::SourceImage;
+use crate::source::registry::{CredentialSource, Credentials, RegistryError};
 
 /// What went wrong in an ECR API call; names the call and the repository.
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +190,7 @@ impl EcrApi {
                 let digest: Digest =
                     digest
                         .parse()
-                        .map_err(|e: crate::digest::DigestError| EcrError::Invalid {
+                        .map_err(|e: crate::oci::digest::DigestError| EcrError::Invalid {
                             op: "DescribeImages",
                             target: repo.to_string(),
                             reason: e.to_string(),

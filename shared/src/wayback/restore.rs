@@ -23,18 +23,18 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::backup::error_chain;
-use crate::digest::{Digest, DigestError, DigestVerifier};
-use crate::ecr::EcrError;
+use crate::error::error_chain;
 use crate::filter::ImageFilter;
-use crate::inventory::{self, InventoryError, PointInTime, TagView};
-use crate::names::{NameError, RepositoryName, Tag};
+use crate::oci::digest::{Digest, DigestError, DigestVerifier};
+use crate::oci::names::{NameError, RepositoryName, Tag};
 use crate::progress::Reporter;
-use crate::records::{BlobRef, ImageRecord};
-use crate::registry::{RegistryError, RetryPolicy};
+use crate::source::ecr::EcrError;
+use crate::source::registry::{RegistryError, RetryPolicy};
 use crate::source::Source;
+use crate::store::records::{BlobRef, ImageRecord};
 use crate::store::{ByteStream, Store, StoreError};
-use crate::trust::{self, LateRecord};
+use crate::wayback::inventory::{self, InventoryError, PointInTime, TagView};
+use crate::wayback::trust::{self, LateRecord};
 
 /// ECR repositories created at once.
 const CREATE_CONCURRENCY: usize = 4;
@@ -207,7 +207,7 @@ pub struct RestoreOptions {
     /// Retries of one blob upload after a transient failure (the stream is reopened).
     pub retry: RetryPolicy,
     /// Refuse to push anything if a record the restore relies on was written after this
-    /// time (the creation time of the vault's last recovery point); see [`crate::trust`].
+    /// time (the creation time of the vault's last recovery point); see [`crate::wayback::trust`].
     pub trusted_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 

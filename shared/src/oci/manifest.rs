@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use crate::digest::{Digest, DigestError};
+use crate::oci::digest::{Digest, DigestError};
 
 /// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -1,0 +1,12 @@
+//! The way back: what the store holds ([`inventory`]), and the three ways out of it —
+//! [`restore`] into a registry, [`export`] to an archive file, [`verify`] in place — with
+//! [`trust`], which refuses records written after a chosen time.
+//!
+//! Owns: reading the store as of a time and proving what it reads. May use: `copy`
+//! (verified streams), `source` (the target registry), `store`. Nothing below it uses it.
+
+pub mod export;
+pub mod inventory;
+pub mod restore;
+pub mod trust;
+pub mod verify;
