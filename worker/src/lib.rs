@@ -8,12 +8,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use ecr_backup_shared::copy::{CopyEngine, CopyOptions};
+use ecr_backup_shared::copy::CopyEngine;
 use ecr_backup_shared::pipeline::config::WorkerConfig;
 use ecr_backup_shared::pipeline::metrics::{self, Metric};
 use ecr_backup_shared::pipeline::queue::SqsQueue;
 use ecr_backup_shared::pipeline::worker::{BatchItem, Worker};
-use ecr_backup_shared::progress::NoProgress;
 use ecr_backup_shared::source::ecr::EcrApi;
 use ecr_backup_shared::source::Source;
 use ecr_backup_shared::Store;
@@ -57,13 +56,7 @@ impl WorkerContext {
             .await
             .context("finding the ECR registry")?;
         let source = Source::connect(&endpoint, config.registry_endpoint.as_deref(), None).await?;
-        let engine = CopyEngine::new(
-            source.registry().clone(),
-            store,
-            source.name().to_owned(),
-            CopyOptions::default(),
-            Arc::new(NoProgress),
-        );
+        let engine = CopyEngine::for_source(&source, store);
         Ok(WorkerContext {
             worker: Arc::new(
                 Worker::new(engine, source, queue, dead_letter)

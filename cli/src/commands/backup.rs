@@ -83,17 +83,13 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         .with_context(|| format!("opening store {}", store.location()))?;
 
     let bar = Arc::new(Bar::new(global.show_progress(args.json), "backing up"));
-    let engine = CopyEngine::new(
-        source.registry().clone(),
-        store,
-        source.name().to_owned(),
-        CopyOptions {
+    let engine = CopyEngine::for_source(&source, store)
+        .with_options(CopyOptions {
             blob_concurrency: args.blob_concurrency,
             copy_referrers: !args.no_referrers,
             ..CopyOptions::default()
-        },
-        bar.clone(),
-    );
+        })
+        .with_reporter(bar.clone());
     let options = RunOptions {
         filter,
         image_concurrency: args.concurrency,

@@ -19,8 +19,9 @@ pub use crate::failure::FailureKind;
 use crate::oci::digest::Digest;
 use crate::oci::manifest::{self, ManifestError};
 use crate::oci::names::{RepositoryName, Tag};
-use crate::progress::Reporter;
+use crate::progress::{NoProgress, Reporter};
 use crate::source::registry::{RegistryClient, RegistryError, RetryPolicy};
+use crate::source::Source;
 use crate::store::records::{BlobRef, ChildManifest, ImageRecord, TagRecord, RECORD_VERSION};
 use crate::store::{RepositoryCatalog, Store, StoreError, WriteOutcome};
 
@@ -278,25 +279,34 @@ struct WalkedManifest {
 }
 
 impl CopyEngine {
-    /// An engine copying from `registry` (recorded as `source_name`) into `store`.
-    pub fn new(
-        registry: RegistryClient,
-        store: Store,
-        source_name: String,
-        options: CopyOptions,
-        reporter: Arc<dyn Reporter>,
-    ) -> CopyEngine {
+    /// An engine copying from `source` into `store`, with the default [`CopyOptions`] and
+    /// no progress reporting; the one way every caller builds an engine.
+    pub fn for_source(source: &Source, store: Store) -> CopyEngine {
+        let options = CopyOptions::default();
         CopyEngine {
-            registry,
+            registry: source.registry().clone(),
             store,
-            source_name,
+            source_name: source.name().to_owned(),
             permits: Arc::new(Semaphore::new(options.blob_concurrency.max(1))),
             in_flight: Arc::default(),
             known: Arc::default(),
             options,
-            reporter,
+            reporter: Arc::new(NoProgress),
             stats: Arc::default(),
         }
+    }
+
+    /// The same engine with other limits.
+    pub fn with_options(mut self, options: CopyOptions) -> CopyEngine {
+        self.permits = Arc::new(Semaphore::new(options.blob_concurrency.max(1)));
+        self.options = options;
+        self
+    }
+
+    /// The same engine, reporting progress to `reporter`.
+    pub fn with_reporter(mut self, reporter: Arc<dyn Reporter>) -> CopyEngine {
+        self.reporter = reporter;
+        self
     }
 
     /// Transfer counters so far.

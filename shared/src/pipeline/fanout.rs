@@ -17,17 +17,15 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::backup::{self, plan_repository, BackupError, Plan};
+use crate::backup::{BackupError, Plan, Planner};
 use crate::filter::FilterSpec;
 use crate::oci::names::RepositoryName;
 use crate::pipeline::message::{Message, Reason, MESSAGE_VERSION};
 use crate::pipeline::queue::{QueueError, SqsQueue, SEND_BATCH_SIZE};
-use crate::source::{Source, SourceError, SourceImage};
+use crate::source::Source;
 use crate::store::records::Snapshot;
+use crate::store::tag_view::rebuild_index;
 use crate::store::{Store, StoreError};
-
-/// Repositories enumerated at once.
-const REPOSITORY_CONCURRENCY: usize = 4;
 
 /// The fan-out failed; what it had sent stays sent.
 #[derive(Debug, thiserror::Error)]
@@ -124,24 +122,16 @@ pub async fn fan_out(
         .stats()
         .send_calls
         .load(std::sync::atomic::Ordering::Relaxed);
-    let repositories: Vec<RepositoryName> = backup::selected_repositories(source, &filter)
-        .await?
-        .into_iter()
-        .filter(|r| run.after.as_ref().is_none_or(|after| r > after))
-        .collect();
+    let planner = Planner::new(source, store, &filter, run.taken_at);
+    let repositories = planner.repositories(run.after.as_ref()).await?;
 
-    let mut plan = Plan {
-        snapshot: Snapshot::part_of(
-            &run.run_id,
-            run.part,
-            source.name().to_owned(),
-            run.taken_at,
-            true,
-        ),
-        work: Vec::new(),
-        up_to_date: 0,
-        archived: Vec::new(),
-    };
+    let mut plan = Plan::new(Snapshot::part_of(
+        &run.run_id,
+        run.part,
+        source.name().to_owned(),
+        run.taken_at,
+        true,
+    ));
     let mut report = FanoutReport {
         run_id: run.run_id.clone(),
         part: run.part,
@@ -158,51 +148,34 @@ pub async fn fan_out(
     };
 
     // Ordered, so that "the last repository done" is a clean cut for a continuation.
-    let mut listings = futures::stream::iter(repositories.clone())
-        .map(|repo| async move {
-            let images = match source.images(&repo).await {
-                Ok(images) => images,
-                Err(SourceError::Ecr(e)) if e.is_not_found() => {
-                    tracing::warn!(repository = %repo, "repository disappeared during the fan-out");
-                    Vec::new()
-                }
-                Err(e) => return Err(FanoutError::Backup(backup::source_error(source, e))),
-            };
-            let catalog = store.catalog(Some(&repo)).await?;
-            Ok::<_, FanoutError>((
-                repo,
-                images,
-                catalog.into_values().next().unwrap_or_default(),
-            ))
-        })
-        .buffered(REPOSITORY_CONCURRENCY);
-
+    let mut listings = std::pin::pin!(planner.each(repositories.clone()));
     // Messages wait here until ten are ready, so batches are full across repositories.
     let mut pending: Vec<Message> = Vec::new();
     let mut last_done: Option<RepositoryName> = None;
-    while let Some(listing) = listings.next().await {
-        let (repo, images, known): (RepositoryName, Vec<SourceImage>, _) = listing?;
+    while let Some(planned) = listings.next().await {
+        let mut planned = planned?;
         report.repositories += 1;
-        report.images_seen += images.len() as u64;
-        let archived_before = plan.archived.len();
-        plan_repository(&mut plan, &filter, &repo, images, &known, run.taken_at);
-        for image in &plan.archived[archived_before..] {
+        report.images_seen += planned.images_seen as u64;
+        for image in &planned.archived {
             tracing::warn!(repository = %image.repository, digest = %image.digest, tags = ?image.tags, "image is archived in ECR and not backed up; restore it to ACTIVE and the next run copies it");
         }
-        for request in plan.work.drain(..) {
+        for request in planned.work.drain(..) {
             pending.push(Message::copy(
                 &request,
                 Reason::Schedule,
                 Some(run.run_id.clone()),
             ));
         }
+        last_done = Some(planned.repository.clone());
+        // The fan-out does not copy: the workers read the store themselves.
+        planned.known = Default::default();
+        plan.add(planned);
         let full = pending.len() - pending.len() % SEND_BATCH_SIZE;
         if full > 0 {
             queue.send(&pending[..full]).await?;
             report.images_enqueued += full as u64;
             pending.drain(..full);
         }
-        last_done = Some(repo);
         let part_full = run
             .part_repositories
             .is_some_and(|n| report.repositories >= u64::from(n.max(1)));
@@ -272,7 +245,7 @@ pub async fn fan_out(
         }
         None => {
             report.run_complete = true;
-            backup::rebuild_index(store, &Default::default()).await?;
+            rebuild_index(store, &Default::default()).await?;
         }
     }
     report.images_up_to_date = plan.up_to_date as u64;

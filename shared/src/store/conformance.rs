@@ -3,7 +3,9 @@
 use bytes::Bytes;
 use futures::stream;
 
-use super::{dir::collect, stream_of, Backend, ByteStream, StoreError, WriteOutcome};
+use futures::TryStreamExt;
+
+use super::{stream_of, Backend, ByteStream, StoreError, WriteOutcome};
 use crate::oci::digest::Digest;
 
 /// Runs the contract checks against an empty backend; panics with a message on a breach.
@@ -246,4 +248,14 @@ fn chunked(bytes: Bytes) -> ByteStream {
         .map(|i| Ok(bytes.slice(i..(i + 64 * 1024).min(bytes.len()))))
         .collect();
     Box::pin(stream::iter(chunks))
+}
+
+/// Reads a whole stream into memory (the suite's objects are small).
+async fn collect(stream: ByteStream) -> std::io::Result<Vec<u8>> {
+    stream
+        .try_fold(Vec::new(), |mut acc, chunk| async move {
+            acc.extend_from_slice(&chunk);
+            Ok(acc)
+        })
+        .await
 }

@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
 use super::{Backend, ByteStream, ObjectInfo, StoreError, WriteOutcome};
-use crate::oci::digest::{Digest, DigestVerifier};
+use crate::oci::digest::Digest;
+use crate::stream::VerifyingStream;
 
 /// Where temporary files live while they are written, relative to the root.
 const TMP_DIR: &str = "tmp";
@@ -285,7 +286,7 @@ impl Backend for DirBackend {
         key: &str,
         digest: &Digest,
         size: Option<u64>,
-        mut bytes: ByteStream,
+        bytes: ByteStream,
     ) -> Result<WriteOutcome, StoreError> {
         if self.stat(key).await?.is_some() {
             return Ok(WriteOutcome::AlreadyExists);
@@ -295,28 +296,16 @@ impl Backend for DirBackend {
             let (root, target, key) = (self.root.clone(), self.path(key), key.to_owned());
             tokio::task::spawn_blocking(move || write_blocking(&root, &target, &key, chunks))
         };
-        let mut verifier = DigestVerifier::new(digest.clone(), size);
+        let mut bytes = VerifyingStream::new(bytes, digest.clone(), size);
         let result: Result<(), StoreError> = async {
             while let Some(chunk) = bytes.next().await {
-                let chunk = chunk.map_err(|source| StoreError::Source {
-                    key: key.into(),
-                    source,
-                })?;
-                verifier
-                    .update(&chunk)
-                    .map_err(|source| StoreError::Verify {
-                        key: key.into(),
-                        source,
-                    })?;
+                let chunk = chunk.map_err(|e| StoreError::verifying(key, e))?;
                 if sender.send(Chunk::Data(chunk)).await.is_err() {
                     // The writer failed; its error is returned below.
                     return Ok(());
                 }
             }
-            verifier.finish().map_err(|source| StoreError::Verify {
-                key: key.into(),
-                source,
-            })?;
+            // The stream ended without an error: every byte matched.
             let _ = sender.send(Chunk::Commit).await;
             Ok(())
         }
@@ -438,16 +427,6 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>, StoreErro
         }
     }
     Ok(out)
-}
-
-/// Reads a whole file-backed stream; used by tests and small helpers.
-pub async fn collect(stream: ByteStream) -> std::io::Result<Vec<u8>> {
-    stream
-        .try_fold(Vec::new(), |mut acc, chunk| async move {
-            acc.extend_from_slice(&chunk);
-            Ok(acc)
-        })
-        .await
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //!
 //! The layout and its invariants are specified in `docs/format.md`.
 
+// Compiled only for tests, so the Lambda binaries do not carry it.
+#[cfg(any(test, feature = "testing"))]
 mod conformance;
 mod dir;
 mod layout;
@@ -10,6 +12,7 @@ pub mod records;
 mod repository;
 mod runs;
 mod s3;
+pub mod tag_view;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,6 +21,7 @@ use chrono::{DateTime, Utc};
 use crate::oci::digest::{Digest, DigestError};
 
 pub use crate::stream::{stream_of, ByteStream};
+#[cfg(any(test, feature = "testing"))]
 pub use conformance::run_conformance_suite;
 pub use dir::DirBackend;
 pub use layout::Layout;
@@ -107,6 +111,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The error of a verified write to `key` whose bytes failed to arrive or to match.
+    pub fn verifying(key: &str, error: crate::stream::ReadError) -> StoreError {
+        match error {
+            crate::stream::ReadError::Io(source) => StoreError::Source {
+                key: key.into(),
+                source,
+            },
+            crate::stream::ReadError::Digest(source) => StoreError::Verify {
+                key: key.into(),
+                source,
+            },
+        }
+    }
+
     /// True when retrying the same call may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::S3 { .. } | StoreError::Source { .. })
@@ -136,7 +154,8 @@ pub struct ObjectInfo {
 /// A place objects live: a directory or an S3 prefix. Keys are `/`-separated relative
 /// paths made by [`Layout`], never by user input directly.
 ///
-/// Contracts every backend keeps (checked by [`run_conformance_suite`]):
+/// Contracts every backend keeps (checked by the conformance suite, `store/conformance.rs`, which the
+/// `testing` feature exports):
 /// - `write_verified` makes an object visible only after its bytes matched the digest and
 ///   size; on any error nothing is visible under the key and no partial object remains
 ///   where `list` would show it; it never replaces an existing object.

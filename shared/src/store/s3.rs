@@ -26,7 +26,8 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::{Backend, ByteStream, ObjectInfo, StoreError, WriteOutcome};
-use crate::oci::digest::{Digest, DigestVerifier};
+use crate::oci::digest::Digest;
+use crate::stream::VerifyingStream;
 
 /// Size of each multipart part, and the threshold for a single `PutObject`.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -221,9 +222,10 @@ impl S3Backend {
         key: &str,
         first: Bytes,
         leftover: BytesMut,
-        mut rest: ByteStream,
-        mut verifier: DigestVerifier,
+        mut rest: VerifyingStream,
     ) -> Result<WriteOutcome, StoreError> {
+        // Bytes read so far; `rest` ending without an error means they all matched.
+        let mut size = (first.len() + leftover.len()) as u64;
         let full_key = self.full_key(key);
         let upload = self
             .client
@@ -280,16 +282,8 @@ impl S3Backend {
                 }
                 match rest.next().await {
                     Some(chunk) => {
-                        let chunk = chunk.map_err(|source| StoreError::Source {
-                            key: key.into(),
-                            source,
-                        })?;
-                        verifier
-                            .update(&chunk)
-                            .map_err(|source| StoreError::Verify {
-                                key: key.into(),
-                                source,
-                            })?;
+                        let chunk = chunk.map_err(|e| StoreError::verifying(key, e))?;
+                        size += chunk.len() as u64;
                         buffer.extend_from_slice(&chunk);
                         if buffer.len() >= PART_SIZE {
                             pending = Some(buffer.split_to(PART_SIZE).freeze());
@@ -322,11 +316,8 @@ impl S3Backend {
                     .boxed(),
                 );
             }
-            // Verify before the last parts finish: a mismatch never completes the upload.
-            let verifier_size = verifier.finish().map_err(|source| StoreError::Verify {
-                key: key.into(),
-                source,
-            })?;
+            // `rest` was verified to its end before the last parts finish: a mismatch
+            // never completes the upload.
             while let Some(done) = in_flight.next().await {
                 parts.push(done.map_err(|e| s3_error("UploadPart", key, e))?);
             }
@@ -350,7 +341,7 @@ impl S3Backend {
                 // A 200 whose body the SDK cannot parse (moto answers with a non-standard
                 // XML root): the upload completed if the object is there with its size.
                 Err(e) if status(&e) == Some(200) => match self.stat(key).await? {
-                    Some(size) if size == verifier_size => Ok(WriteOutcome::Written),
+                    Some(stored) if stored == size => Ok(WriteOutcome::Written),
                     _ => Err(s3_error("CompleteMultipartUpload", key, e)),
                 },
                 Err(e) => Err(s3_error("CompleteMultipartUpload", key, e)),
@@ -464,7 +455,7 @@ impl Backend for S3Backend {
         key: &str,
         digest: &Digest,
         size: Option<u64>,
-        mut bytes: ByteStream,
+        bytes: ByteStream,
     ) -> Result<WriteOutcome, StoreError> {
         // An object of at most one part goes up in one PutObject, whose If-None-Match
         // refuses to replace it: asking first only added a request per object (the copy
@@ -475,37 +466,22 @@ impl Backend for S3Backend {
         if !one_part && self.stat(key).await?.is_some() {
             return Ok(WriteOutcome::AlreadyExists);
         }
-        let mut verifier = DigestVerifier::new(digest.clone(), size);
+        let mut bytes = VerifyingStream::new(bytes, digest.clone(), size);
         let mut buffer =
             BytesMut::with_capacity(size.map_or(PART_SIZE, |s| (s as usize).min(PART_SIZE)));
         // Read up to one part: a blob that ends before is checked whole, then sent in one request.
         while buffer.len() < PART_SIZE {
             match bytes.next().await {
                 Some(chunk) => {
-                    let chunk = chunk.map_err(|source| StoreError::Source {
-                        key: key.into(),
-                        source,
-                    })?;
-                    verifier
-                        .update(&chunk)
-                        .map_err(|source| StoreError::Verify {
-                            key: key.into(),
-                            source,
-                        })?;
+                    let chunk = chunk.map_err(|e| StoreError::verifying(key, e))?;
                     buffer.extend_from_slice(&chunk);
                 }
-                None => {
-                    verifier.finish().map_err(|source| StoreError::Verify {
-                        key: key.into(),
-                        source,
-                    })?;
-                    return self.put_small(key, buffer.freeze()).await;
-                }
+                // Ended without an error: the whole blob matched.
+                None => return self.put_small(key, buffer.freeze()).await,
             }
         }
         let first = buffer.split_to(PART_SIZE).freeze();
-        self.put_multipart(key, first, buffer, bytes, verifier)
-            .await
+        self.put_multipart(key, first, buffer, bytes).await
     }
 
     fn retries(&self) -> u64 {

@@ -8,10 +8,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::backup::{latest_run, tag_view_from};
 use crate::oci::digest::Digest;
 use crate::oci::names::{RepositoryName, Tag};
 use crate::store::records::Snapshot;
+use crate::store::tag_view::{latest_run, tag_view_from};
 use crate::store::{Catalog, Run, Store, StoreError};
 
 /// Records read at once when a listing needs many of them.

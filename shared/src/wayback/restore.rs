@@ -11,28 +11,27 @@
 //! repository is mounted instead of uploaded again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use backon::Retryable;
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::error::error_chain;
 use crate::filter::ImageFilter;
-use crate::oci::digest::{Digest, DigestError, DigestVerifier};
+use crate::oci::digest::{Digest, DigestError};
 use crate::oci::names::{NameError, RepositoryName, Tag};
 use crate::progress::Reporter;
 use crate::source::ecr::EcrError;
 use crate::source::registry::{RegistryError, RetryPolicy};
 use crate::source::Source;
 use crate::store::records::{BlobRef, ImageRecord};
-use crate::store::{ByteStream, Store, StoreError};
+use crate::store::{Store, StoreError};
+use crate::stream::VerifiedStream;
 use crate::wayback::inventory::{self, InventoryError, PointInTime, TagView};
 use crate::wayback::trust::{self, LateRecord};
 
@@ -857,139 +856,9 @@ impl Engine<'_> {
     }
 }
 
-/// Where a [`VerifiedStream`] leaves the mismatch it found, for its owner to name.
-pub type VerifyFailure = Arc<Mutex<Option<DigestError>>>;
-
-/// Passes a blob's bytes through while hashing them, holding the last chunk back until
-/// the digest (and size) matched: a reader that stops at the first error never receives
-/// the whole of a corrupt blob.
-pub struct VerifiedStream {
-    inner: ByteStream,
-    verifier: Option<DigestVerifier>,
-    held: Option<Bytes>,
-    failure: VerifyFailure,
-}
-
-impl VerifiedStream {
-    /// Wraps `inner`; the second value receives the mismatch, if one is found.
-    pub fn new(inner: ByteStream, digest: Digest, size: Option<u64>) -> (Self, VerifyFailure) {
-        let failure = VerifyFailure::default();
-        let stream = VerifiedStream {
-            inner,
-            verifier: Some(DigestVerifier::new(digest, size)),
-            held: None,
-            failure: failure.clone(),
-        };
-        (stream, failure)
-    }
-
-    fn fail(&mut self, e: DigestError) -> Poll<Option<std::io::Result<Bytes>>> {
-        let message = e.to_string();
-        *self.failure.lock().expect("failure lock") = Some(e);
-        self.verifier = None;
-        self.held = None;
-        Poll::Ready(Some(Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            message,
-        ))))
-    }
-}
-
-impl Stream for VerifiedStream {
-    type Item = std::io::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            if self.verifier.is_none() {
-                return Poll::Ready(None);
-            }
-            match std::task::ready!(self.inner.poll_next_unpin(cx)) {
-                Some(Ok(chunk)) => {
-                    if chunk.is_empty() {
-                        continue;
-                    }
-                    let verifier = self.verifier.as_mut().expect("checked above");
-                    if let Err(e) = verifier.update(&chunk) {
-                        return self.fail(e);
-                    }
-                    if let Some(previous) = self.held.replace(chunk) {
-                        return Poll::Ready(Some(Ok(previous)));
-                    }
-                }
-                Some(Err(e)) => {
-                    self.verifier = None;
-                    self.held = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                None => {
-                    let verifier = self.verifier.take().expect("checked above");
-                    if let Err(e) = verifier.finish() {
-                        return self.fail(e);
-                    }
-                    return Poll::Ready(self.held.take().map(Ok));
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn drain(stream: VerifiedStream) -> (Vec<u8>, Option<std::io::Error>) {
-        let mut out = Vec::new();
-        let mut stream = Box::pin(stream);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(b) => out.extend_from_slice(&b),
-                Err(e) => return (out, Some(e)),
-            }
-        }
-        (out, None)
-    }
-
-    fn chunks(parts: &[&'static [u8]]) -> ByteStream {
-        let items: Vec<std::io::Result<Bytes>> =
-            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
-        Box::pin(futures::stream::iter(items))
-    }
-
-    #[tokio::test]
-    async fn verified_stream_passes_good_bytes() {
-        let digest = Digest::of(b"hello world");
-        let (s, failure) =
-            VerifiedStream::new(chunks(&[b"hello", b" ", b"world"]), digest, Some(11));
-        let (out, err) = drain(s).await;
-        assert_eq!(out, b"hello world");
-        assert!(err.is_none());
-        assert!(failure.lock().unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn verified_stream_never_releases_the_last_chunk_of_corrupt_bytes() {
-        let digest = Digest::of(b"hello world");
-        let (s, failure) = VerifiedStream::new(
-            chunks(&[b"hello", b" ", b"World"]),
-            digest.clone(),
-            Some(11),
-        );
-        let (out, err) = drain(s).await;
-        assert!(err.is_some());
-        assert_eq!(out, b"hello ", "the corrupt tail must not pass");
-        assert!(matches!(
-            *failure.lock().unwrap(),
-            Some(DigestError::Mismatch { .. })
-        ));
-
-        let (s, failure) = VerifiedStream::new(chunks(&[b"hello"]), digest, Some(11));
-        let (out, err) = drain(s).await;
-        assert!(err.is_some() && out.is_empty());
-        assert!(matches!(
-            *failure.lock().unwrap(),
-            Some(DigestError::SizeMismatch { .. })
-        ));
-    }
 
     #[test]
     fn rename_rewrites_prefixes_only() {

@@ -14,11 +14,12 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::oci::digest::{Digest, DigestVerifier};
+use crate::oci::digest::Digest;
 use crate::oci::names::{RepositoryName, Tag};
 use crate::progress::Reporter;
 use crate::store::records::ImageRecord;
 use crate::store::{Layout, Store, StoreError};
+use crate::stream::{ReadError, VerifyingStream};
 use crate::wayback::inventory::{self, InventoryError};
 
 /// Records read and blobs stat'ed at once.
@@ -465,28 +466,27 @@ async fn rehash(
     let unreadable = |e: &dyn std::error::Error| BlobFault::Unreadable {
         error: crate::error::error_chain(e),
     };
-    let mut stream = match store.open_blob(digest).await {
+    let stream = match store.open_blob(digest).await {
         Ok(s) => s,
         Err(StoreError::NotFound { .. }) => return Some(BlobFault::Missing),
         Err(e) => return Some(unreadable(&e)),
     };
-    let mut verifier = DigestVerifier::new(digest.clone(), Some(size));
+    let mut stream = VerifyingStream::new(stream, digest.clone(), Some(size));
     while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => return Some(unreadable(&e)),
-        };
-        reporter.bytes_transferred(chunk.len() as u64);
-        bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        if let Err(e) = verifier.update(&chunk) {
-            return Some(BlobFault::Corrupt {
-                detail: e.to_string(),
-            });
+        match chunk {
+            Ok(chunk) => {
+                reporter.bytes_transferred(chunk.len() as u64);
+                bytes_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            Err(ReadError::Io(e)) => return Some(unreadable(&e)),
+            Err(ReadError::Digest(e)) => {
+                return Some(BlobFault::Corrupt {
+                    detail: e.to_string(),
+                })
+            }
         }
     }
-    verifier.finish().err().map(|e| BlobFault::Corrupt {
-        detail: e.to_string(),
-    })
+    None
 }
 
 #[cfg(test)]

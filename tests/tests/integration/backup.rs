@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ecr_backup_shared::backup::tag_view;
 use ecr_backup_shared::source::registry::Credentials;
+use ecr_backup_shared::store::tag_view::tag_view;
 use ecr_backup_shared::store::Layout;
 use ecr_backup_shared::Digest;
 use ecr_backup_tests::corpus::{push_corpus, push_image, random_layer, CorpusOptions, Format};

@@ -420,7 +420,7 @@ async fn tags_named_like_record_directories_and_names_at_their_limits() {
         let report = backup_prefix(&servers.registry, None, &prefix, store).await;
         assert!(report.is_success(), "{:?}", report.images_failed);
         let catalog = store.catalog(None).await.unwrap();
-        let view = ecr_backup_shared::backup::tag_view(store, &catalog, None)
+        let view = ecr_backup_shared::store::tag_view::tag_view(store, &catalog, None)
             .await
             .unwrap();
         for tag in &tags {

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use ecr_backup_shared::backup::{self, BackupReport, RunOptions};
-use ecr_backup_shared::copy::{CopyEngine, CopyOptions};
+use ecr_backup_shared::copy::CopyEngine;
 use ecr_backup_shared::filter::ImageFilter;
 use ecr_backup_shared::progress::NoProgress;
 use ecr_backup_shared::source::registry::Credentials;
@@ -31,13 +31,7 @@ pub async fn backup_prefix(
 
 /// Backs up the repositories under `prefix` of a connected source into `store`.
 pub async fn backup_source(source: &Source, prefix: &str, store: &Store) -> BackupReport {
-    let engine = CopyEngine::new(
-        source.registry().clone(),
-        store.clone(),
-        source.name().to_owned(),
-        CopyOptions::default(),
-        Arc::new(NoProgress),
-    );
+    let engine = CopyEngine::for_source(source, store.clone());
     let options = RunOptions {
         filter: ImageFilter::new(&[format!("{}/**", prefix.trim_end_matches('/'))], &[], None)
             .unwrap(),

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::Utc;
-use ecr_backup_shared::backup::tag_view;
 use ecr_backup_shared::copy::{CopyEngine, CopyOptions, CopyRequest};
 use ecr_backup_shared::pipeline::message::{Message, Reason};
 use ecr_backup_shared::pipeline::queue::{ReceivedMessage, SqsQueue};
@@ -18,6 +17,7 @@ use ecr_backup_shared::pipeline::worker::Worker;
 use ecr_backup_shared::progress::NoProgress;
 use ecr_backup_shared::source::ecr::{EcrApi, EcrCredentials};
 use ecr_backup_shared::source::Source;
+use ecr_backup_shared::store::tag_view::tag_view;
 use ecr_backup_shared::store::{Layout, S3Backend, S3Location, Store};
 use ecr_backup_shared::{Digest, RegistryClient, RepositoryName, Tag};
 use ecr_backup_tests::corpus::{
@@ -814,13 +814,7 @@ pub(crate) async fn worker_context(
         .unwrap()
         .to_owned();
     let queue = SqsQueue::new(sqs, url);
-    let engine = CopyEngine::new(
-        source.registry().clone(),
-        store.clone(),
-        source.name().to_owned(),
-        options,
-        Arc::new(NoProgress),
-    );
+    let engine = CopyEngine::for_source(&source, store.clone()).with_options(options);
     let worker = Arc::new(Worker::new(engine, source.clone(), queue.clone(), None));
     (WorkerContext::new(worker.clone(), 4), worker, queue)
 }
@@ -1155,16 +1149,10 @@ async fn a_persistent_503_is_asked_a_bounded_number_of_times_with_a_clear_error(
     let registry = source.registry().clone().with_retry(fast(client_retries));
     let source = Source::from_parts(source.name().to_owned(), registry.clone(), None);
     let (_dir, store) = dir_store().await;
-    let engine = CopyEngine::new(
-        registry,
-        store.clone(),
-        source.name().to_owned(),
-        CopyOptions {
-            retry: fast(blob_retries),
-            ..CopyOptions::default()
-        },
-        Arc::new(NoProgress),
-    );
+    let engine = CopyEngine::for_source(&source, store.clone()).with_options(CopyOptions {
+        retry: fast(blob_retries),
+        ..CopyOptions::default()
+    });
     let report = ecr_backup_shared::backup::run(
         &source,
         &engine,

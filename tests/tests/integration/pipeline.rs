@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use ecr_backup_fanout::FanoutContext;
-use ecr_backup_shared::backup::tag_view;
-use ecr_backup_shared::copy::{CopyEngine, CopyOptions};
+use ecr_backup_shared::copy::CopyEngine;
 use ecr_backup_shared::filter::FilterSpec;
 use ecr_backup_shared::pipeline::config::FanoutConfig;
 use ecr_backup_shared::pipeline::queue::SqsQueue;
 use ecr_backup_shared::pipeline::worker::Worker;
-use ecr_backup_shared::progress::NoProgress;
 use ecr_backup_shared::source::ecr::{EcrApi, EcrCredentials};
 use ecr_backup_shared::source::Source;
+use ecr_backup_shared::store::tag_view::tag_view;
 use ecr_backup_shared::store::StoreLocation;
 use ecr_backup_shared::{Digest, RegistryClient, RepositoryName, Store, Tag};
 use ecr_backup_tests::corpus::{push_image, random_layer, repository, CorpusImage, Format};
@@ -94,13 +93,7 @@ impl Pipeline {
         )
         .unwrap();
         let source = Source::from_parts(ECR_HOST.into(), registry.clone(), Some(api));
-        let engine = CopyEngine::new(
-            registry,
-            store.clone(),
-            ECR_HOST.into(),
-            CopyOptions::default(),
-            Arc::new(NoProgress),
-        );
+        let engine = CopyEngine::for_source(&source, store.clone());
         let (max, _) = queue
             .redrive_policy()
             .await
@@ -127,13 +120,7 @@ impl Pipeline {
 
     /// A worker on the same queues and store, with a repository and tag selection.
     fn worker_with_filter(&self, filter: &FilterSpec) -> Worker {
-        let engine = CopyEngine::new(
-            self.source.registry().clone(),
-            self.store.clone(),
-            ECR_HOST.into(),
-            CopyOptions::default(),
-            Arc::new(NoProgress),
-        );
+        let engine = CopyEngine::for_source(&self.source, self.store.clone());
         Worker::new(engine, self.source.clone(), self.queue.clone(), None)
             .with_filter(filter.compile().unwrap())
     }
@@ -406,7 +393,7 @@ async fn a_fanout_out_of_time_continues_through_the_queue() {
             "{r} missing: {tags:?}"
         );
     }
-    let run = ecr_backup_shared::backup::latest_run(&p.store, None)
+    let run = ecr_backup_shared::store::tag_view::latest_run(&p.store, None)
         .await
         .unwrap()
         .expect("a complete run");
@@ -475,7 +462,7 @@ async fn a_lost_continuation_leaves_an_incomplete_run_and_a_duplicated_one_compl
         "a run without its last part is incomplete"
     );
     assert!(
-        ecr_backup_shared::backup::latest_run(&p.store, None)
+        ecr_backup_shared::store::tag_view::latest_run(&p.store, None)
             .await
             .unwrap()
             .is_none(),

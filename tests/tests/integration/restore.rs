@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use ecr_backup_shared::backup::{self, BackupReport, RunOptions};
-use ecr_backup_shared::copy::{CopyEngine, CopyOptions};
+use ecr_backup_shared::copy::CopyEngine;
 use ecr_backup_shared::filter::ImageFilter;
 use ecr_backup_shared::progress::NoProgress;
 use ecr_backup_shared::source::registry::{Credentials, RegistryError};
@@ -135,13 +135,7 @@ pub fn store_at(path: &Path) -> Store {
 /// Backs up everything under `prefix` in registry A into `store`, as the CLI does.
 pub async fn back_up(servers: &TestServers, store: &Store, prefix: &str) -> Result<BackupReport> {
     let source = Source::connect(&servers.registry, None, None).await?;
-    let engine = CopyEngine::new(
-        source.registry().clone(),
-        store.clone(),
-        source.name().to_owned(),
-        CopyOptions::default(),
-        Arc::new(NoProgress),
-    );
+    let engine = CopyEngine::for_source(&source, store.clone());
     let options = RunOptions {
         filter: ImageFilter::new(&[format!("{prefix}/**")], &[], None)?,
         image_concurrency: 4,
