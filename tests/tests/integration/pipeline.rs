@@ -807,3 +807,67 @@ async fn push_events_obey_the_same_repository_and_tag_selection_as_the_fanout() 
         }
     }
 }
+
+/// The CLI and the fan-out plan through one planner; a repository that was listed but is
+/// gone by the time it is enumerated (here: one the registry never had) is left out and
+/// named, against ECR's API and against a plain registry's tag list alike, and the other
+/// repositories are planned as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_planner_names_a_repository_deleted_mid_run_for_ecr_and_plain_registries() {
+    use ecr_backup_shared::backup::Planner;
+    use ecr_backup_shared::filter::ImageFilter;
+    use futures::StreamExt;
+
+    let p = Pipeline::new("planner-gone").await;
+    let kept = p.repo("kept");
+    let deleted = p.repo("deleted");
+    let image = p.push(&kept, &["v1"], 41, Format::Oci).await;
+    // ECR: the repository existed when listed, and was deleted before DescribeImages.
+    p.ecr
+        .create_repository()
+        .repository_name(deleted.as_str())
+        .send()
+        .await
+        .unwrap();
+    p.ecr
+        .delete_repository()
+        .repository_name(deleted.as_str())
+        .send()
+        .await
+        .unwrap();
+    // The same registry without ECR's API: enumerated through its tag lists.
+    let plain = Source::from_parts("plain".into(), p.servers.auth_client(), None);
+    let filter = ImageFilter::default();
+    for source in [&p.source, &plain] {
+        let planner = Planner::new(source, &p.store, &filter, chrono::Utc::now());
+        let planned: Vec<_> = planner
+            .each(vec![deleted.clone(), kept.clone()])
+            .collect()
+            .await;
+        let planned: Vec<_> = planned
+            .into_iter()
+            .map(|r| r.expect("a deleted repository is not a failure"))
+            .collect();
+        assert!(planned[0].gone, "{} from {}", deleted, source.name());
+        assert!(planned[0].work.is_empty());
+        assert!(!planned[1].gone);
+        assert_eq!(
+            planned[1]
+                .work
+                .iter()
+                .map(|w| &w.digest)
+                .collect::<Vec<_>>(),
+            vec![&image.digest],
+            "{}",
+            source.name()
+        );
+        let mut plan = ecr_backup_shared::backup::Plan::new(
+            ecr_backup_shared::store::records::Snapshot::new("r".into(), chrono::Utc::now()),
+        );
+        for r in planned {
+            plan.add(r);
+        }
+        assert_eq!(plan.gone, vec![deleted.clone()]);
+        assert!(!plan.snapshot.repositories.contains_key(&deleted));
+    }
+}
