@@ -148,7 +148,8 @@ pub async fn fan_out(
     };
 
     // Ordered, so that "the last repository done" is a clean cut for a continuation.
-    let mut listings = std::pin::pin!(planner.each(repositories.clone()));
+    // Boxed so it can be dropped after the cut: enumerations still in flight stop.
+    let mut listings = Box::pin(planner.each(repositories.clone()));
     // Messages wait here until ten are ready, so batches are full across repositories.
     let mut pending: Vec<Message> = Vec::new();
     let mut last_done: Option<RepositoryName> = None;

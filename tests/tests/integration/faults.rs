@@ -814,7 +814,7 @@ pub(crate) async fn worker_context(
         .unwrap()
         .to_owned();
     let queue = SqsQueue::new(sqs, url);
-    let engine = CopyEngine::for_source(&source, store.clone()).with_options(options);
+    let engine = CopyEngine::for_source(source, store.clone()).with_options(options);
     let worker = Arc::new(Worker::new(engine, source.clone(), queue.clone(), None));
     (WorkerContext::new(worker.clone(), 4), worker, queue)
 }

@@ -6,7 +6,7 @@ use crate::oci::digest::DigestError;
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The request never got an HTTP answer (connection refused, reset, timeout).
-    #[error("{op} {target}: cannot reach the registry: {source}")]
+    #[error("{op} {target}: cannot reach the registry")]
     Connect {
         /// What was being done.
         op: &'static str,
@@ -50,8 +50,8 @@ pub enum RegistryError {
         /// Repository and reference.
         target: String,
     },
-    /// Bytes did not match their digest.
-    #[error("{target}: {source}")]
+    /// Bytes did not match their digest (or a digest header did not parse).
+    #[error("checking the digest of {target}")]
     Digest {
         /// Repository and reference.
         target: String,
@@ -136,5 +136,30 @@ impl RegistryError {
             } => Some(std::time::Duration::from_secs(*s)),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::digest::Digest;
+
+    #[test]
+    fn display_names_the_step_and_the_chain_adds_the_cause_once() {
+        let e = RegistryError::Digest {
+            target: "team/app@sha256:ab".into(),
+            source: DigestError::Mismatch {
+                expected: Digest::of(b"a"),
+                actual: Digest::of(b"b"),
+                size: 1,
+            },
+        };
+        assert_eq!(e.to_string(), "checking the digest of team/app@sha256:ab");
+        let chain = crate::error::error_chain(&e);
+        assert!(
+            chain.starts_with("checking the digest of team/app@sha256:ab: digest mismatch"),
+            "{chain}"
+        );
+        assert_eq!(chain.matches("digest mismatch").count(), 1, "{chain}");
     }
 }
