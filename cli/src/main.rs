@@ -46,16 +46,28 @@ fn main() -> ExitCode {
         quiet: cli.quiet,
         verbose: cli.verbose,
     };
+    let json = cli.command.json();
     match runtime.block_on(commands::run(cli.command, global)) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Partial) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            report_error(&e, json);
             ExitCode::from(2)
         }
+    }
+}
+
+/// Prints an error once: its chain on stderr, one cause a line (and, with `--json`, the
+/// same chain as a list on stdout, where a script reads the command's output).
+fn report_error(e: &anyhow::Error, json: bool) {
+    let causes = ecr_backup_shared::error::causes(e.as_ref());
+    let (first, rest) = causes.split_first().expect("an error has a message");
+    eprintln!("error: {first}");
+    for cause in rest {
+        eprintln!("  caused by: {cause}");
+    }
+    if json {
+        println!("{}", serde_json::json!({ "error": causes }));
     }
 }
 

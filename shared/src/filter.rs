@@ -10,7 +10,7 @@ use crate::oci::names::{RepositoryName, Tag};
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
     /// A repository glob is malformed.
-    #[error("invalid repository pattern {pattern:?}: {source}")]
+    #[error("invalid repository pattern {pattern:?}")]
     Glob {
         /// The pattern.
         pattern: String,
@@ -19,7 +19,7 @@ pub enum FilterError {
         source: globset::Error,
     },
     /// The tag regex is malformed.
-    #[error("invalid tag pattern {pattern:?}: {source}")]
+    #[error("invalid tag pattern {pattern:?}")]
     Regex {
         /// The pattern.
         pattern: String,

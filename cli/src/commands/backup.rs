@@ -50,7 +50,7 @@ pub struct Args {
     no_referrers: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Runs `backup`.

@@ -25,7 +25,7 @@ pub struct LsArgs {
     max: usize,
     /// Print as JSON.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Runs a `dlq` subcommand.

@@ -42,7 +42,7 @@ pub struct Args {
     ref_name: Option<String>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Runs `export`.

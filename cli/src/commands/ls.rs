@@ -23,7 +23,7 @@ pub struct Args {
     snapshots: bool,
     /// Print the listing as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 fn time(t: Option<DateTime<Utc>>) -> String {

@@ -49,6 +49,21 @@ pub enum Command {
     Ls(ls::Args),
 }
 
+impl Command {
+    /// True when the output is asked for as JSON (errors then go to stdout as JSON too).
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Backup(a) => a.json,
+            Command::Redrive(a) => a.json,
+            Command::Dlq(dlq::Command::Ls(a)) => a.json,
+            Command::Restore(a) => a.json,
+            Command::Export(a) => a.json,
+            Command::Verify(a) => a.json,
+            Command::Ls(a) => a.json,
+        }
+    }
+}
+
 /// Runs a subcommand.
 pub async fn run(command: Command, global: Global) -> Result<Outcome> {
     match command {

@@ -18,7 +18,7 @@ pub struct Args {
     target: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Runs `redrive`.

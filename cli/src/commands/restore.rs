@@ -5,9 +5,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use ecr_backup_shared::filter::ImageFilter;
 use ecr_backup_shared::source::registry::Credentials;
+use ecr_backup_shared::source::Source;
 use ecr_backup_shared::store::{Store, StoreLocation};
 use ecr_backup_shared::wayback::inventory::{parse_time, PointInTime};
-use ecr_backup_shared::wayback::restore::{self, Rename, RestoreOptions, RestoreReport, Target};
+use ecr_backup_shared::wayback::restore::{self, Rename, RestoreOptions, RestoreReport};
 
 use super::Global;
 use crate::progress::{human_bytes, Bar};
@@ -65,7 +66,7 @@ pub struct Args {
     blob_concurrency: usize,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Runs `restore`.
@@ -91,7 +92,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         None => None,
     };
     let store = Store::open(&StoreLocation::parse(&args.store)?).await;
-    let target = Target::connect(&args.target, args.target_endpoint.as_deref(), credentials)
+    let target = Source::connect(&args.target, args.target_endpoint.as_deref(), credentials)
         .await
         .with_context(|| format!("connecting to target registry {}", args.target))?;
 

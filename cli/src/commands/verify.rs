@@ -30,7 +30,7 @@ pub struct Args {
     concurrency: usize,
     /// Print the report as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {

@@ -17,7 +17,7 @@ pub use run::{run, BackupReport, FailedImage, RunOptions};
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     /// Enumerating the source failed.
-    #[error("enumerating {source_name}: {error}")]
+    #[error("enumerating {source_name}")]
     Source {
         /// The registry.
         source_name: String,
@@ -26,6 +26,6 @@ pub enum BackupError {
         error: SourceError,
     },
     /// Reading or writing the store's records failed.
-    #[error("updating the store: {0}")]
+    #[error("updating the store")]
     Store(#[from] StoreError),
 }

@@ -34,7 +34,7 @@ const MAX_REFERRER_DEPTH: usize = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     /// The registry failed or refused.
-    #[error("copying {repository}@{digest}: {source}")]
+    #[error("copying {repository}@{digest}")]
     Registry {
         /// The repository.
         repository: RepositoryName,
@@ -45,7 +45,7 @@ pub enum CopyError {
         source: RegistryError,
     },
     /// The store failed, or refused bytes that did not match their digest.
-    #[error("copying {repository}@{digest}: {source}")]
+    #[error("copying {repository}@{digest}")]
     Store {
         /// The repository.
         repository: RepositoryName,
@@ -56,7 +56,7 @@ pub enum CopyError {
         source: StoreError,
     },
     /// A manifest could not be understood.
-    #[error("copying {repository}@{digest}: {source}")]
+    #[error("copying {repository}@{digest}")]
     Manifest {
         /// The repository.
         repository: RepositoryName,
@@ -698,7 +698,7 @@ impl CopyEngine {
             })
             .notify(|e, delay| {
                 self.stats.blob_retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(repository = %repo, %digest, error = %e, delay_ms = delay.as_millis() as u64, "retrying blob transfer");
+                tracing::warn!(repository = %repo, %digest, error = %crate::error::error_chain(&e), delay_ms = delay.as_millis() as u64, "retrying blob transfer");
             })
             .await?;
         let stored = match size {

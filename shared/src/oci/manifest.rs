@@ -42,7 +42,7 @@ pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// The bytes are not JSON of any manifest shape.
-    #[error("manifest {digest} is not valid JSON: {source}")]
+    #[error("manifest {digest} is not valid JSON")]
     NotJson {
         /// The manifest's digest.
         digest: Digest,
@@ -59,7 +59,7 @@ pub enum ManifestError {
         size: usize,
     },
     /// A descriptor inside carries an unusable digest.
-    #[error("manifest {digest} references a bad digest: {source}")]
+    #[error("manifest {digest} references a bad digest")]
     BadReference {
         /// The manifest's digest.
         digest: Digest,

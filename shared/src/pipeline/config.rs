@@ -149,7 +149,7 @@ fn filter_from_env() -> Result<FilterSpec, ConfigError> {
             crate::filter::FilterError::Regex { .. } => TAG_PATTERN,
             crate::filter::FilterError::Glob { .. } => REPOSITORIES,
         },
-        reason: e.to_string(),
+        reason: crate::error::error_chain(&e),
     })?;
     Ok(filter)
 }

@@ -37,7 +37,7 @@ pub enum FanoutError {
     #[error(transparent)]
     Queue(#[from] QueueError),
     /// The store failed.
-    #[error("updating the store: {0}")]
+    #[error("updating the store")]
     Store(#[from] StoreError),
     /// A filter pattern does not compile.
     #[error(transparent)]

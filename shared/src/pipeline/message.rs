@@ -150,7 +150,7 @@ pub enum MessageError {
         size: usize,
     },
     /// Not JSON, or not an object.
-    #[error("message is not a JSON object: {source}")]
+    #[error("message is not a JSON object")]
     NotJson {
         /// The parser's complaint.
         #[source]
@@ -163,7 +163,7 @@ pub enum MessageError {
         version: u64,
     },
     /// Well-formed JSON of the wrong shape.
-    #[error("message does not match the schema: {source}")]
+    #[error("message does not match the schema")]
     Invalid {
         /// The parser's complaint.
         #[source]

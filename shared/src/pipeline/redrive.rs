@@ -48,7 +48,7 @@ pub async fn redrive(
             });
         }
         Err(e) => {
-            tracing::info!(error = %e, "StartMessageMoveTask unavailable; moving messages one batch at a time")
+            tracing::info!(error = %crate::error::error_chain(&e), "StartMessageMoveTask unavailable; moving messages one batch at a time")
         }
     }
     let mut moved = 0;

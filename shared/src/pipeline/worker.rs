@@ -92,16 +92,16 @@ impl Unserved {
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     /// The message could not be understood (permanent).
-    #[error("malformed message: {0}")]
+    #[error("malformed message")]
     Message(#[from] MessageError),
     /// Copying failed (boxed: copy errors are large, and this travels through tasks).
     #[error(transparent)]
     Copy(Box<CopyError>),
     /// Writing a record failed.
-    #[error("recording a deletion: {0}")]
+    #[error("recording a deletion")]
     Store(#[from] StoreError),
     /// A continued fan-out failed.
-    #[error("continuing the fan-out: {0}")]
+    #[error("continuing the fan-out")]
     Fanout(#[from] FanoutError),
     /// The task panicked (a bug); the message is retried, then dead-lettered.
     #[error("the task panicked: {0}")]
@@ -306,7 +306,7 @@ impl Worker {
                         match api.image_state(&request.repository, &request.digest).await {
                             Ok(state) => Some(state),
                             Err(e) => {
-                                tracing::warn!(repository = %request.repository, digest = %request.digest, error = %e, "could not ask ECR whether the image still exists; failing the message");
+                                tracing::warn!(repository = %request.repository, digest = %request.digest, error = %crate::error::error_chain(&e), "could not ask ECR whether the image still exists; failing the message");
                                 return Err(error.into());
                             }
                         }
@@ -402,7 +402,7 @@ impl Worker {
                 }
                 _ = heartbeat.tick() => {
                     if let Err(e) = self.queue.extend_visibility(&item.receipt_handle, HEARTBEAT_VISIBILITY).await {
-                        tracing::warn!(error = %e, "could not extend the message's visibility");
+                        tracing::warn!(error = %crate::error::error_chain(&e), "could not extend the message's visibility");
                     }
                 }
             }

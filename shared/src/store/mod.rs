@@ -35,7 +35,7 @@ pub use s3::{S3Backend, S3Location};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A local file operation failed.
-    #[error("{op} {key}: {source}")]
+    #[error("{op} {key}")]
     Io {
         /// What was being done.
         op: &'static str,
@@ -62,7 +62,7 @@ pub enum StoreError {
         key: String,
     },
     /// The bytes offered for a blob did not match its digest; nothing was written.
-    #[error("refused to store {key}: {source}")]
+    #[error("refused to store {key}")]
     Verify {
         /// The blob's key.
         key: String,
@@ -71,7 +71,7 @@ pub enum StoreError {
         source: DigestError,
     },
     /// The stream being written failed (for example the registry connection broke).
-    #[error("reading the bytes for {key} failed: {source}")]
+    #[error("reading the bytes for {key} failed")]
     Source {
         /// The key being written.
         key: String,
@@ -100,7 +100,7 @@ pub enum StoreError {
         key: String,
     },
     /// A record in the store could not be parsed.
-    #[error("record {key} is corrupt: {source}")]
+    #[error("record {key} is corrupt")]
     CorruptRecord {
         /// The record's key.
         key: String,

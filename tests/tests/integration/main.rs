@@ -5,6 +5,7 @@ mod concurrency;
 mod corpus_smoke;
 mod export;
 mod faults;
+mod format_example;
 mod lambda_e2e;
 mod pipeline;
 mod restore;

@@ -20,7 +20,7 @@ use ecr_backup_shared::source::registry::{Credentials, RegistryError};
 use ecr_backup_shared::source::Source;
 use ecr_backup_shared::store::{DirBackend, Store, StoreError};
 use ecr_backup_shared::wayback::inventory::{parse_time, InventoryError, PointInTime};
-use ecr_backup_shared::wayback::restore::{self, Rename, RestoreError, RestoreOptions, Target};
+use ecr_backup_shared::wayback::restore::{self, Rename, RestoreError, RestoreOptions};
 use ecr_backup_shared::{Digest, RegistryClient, RepositoryName};
 use ecr_backup_tests::corpus::{
     push_corpus, push_image, random_layer, Corpus, CorpusImage, CorpusOptions, Format,
@@ -152,9 +152,9 @@ pub fn options_for(prefix: &str) -> RestoreOptions {
 }
 
 /// A target for an anonymous registry.
-pub fn plain_target(url: &str) -> Target {
+pub fn plain_target(url: &str) -> Source {
     let client = registry_client(url, Credentials::Anonymous);
-    Target::from_parts(client.name(), client, None)
+    Source::from_parts(client.name(), client, None)
 }
 
 /// The CLI, with no store taken from the environment.
@@ -545,7 +545,7 @@ async fn restore_refuses_bad_input_and_tags_nothing_half_written() -> Result<()>
     );
     let err = restore::run(
         &f.store,
-        &Target::from_parts(wrong.name(), wrong, None),
+        &Source::from_parts(wrong.name(), wrong, None),
         &options_for(&f.prefix),
         Arc::new(NoProgress),
     )

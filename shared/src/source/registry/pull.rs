@@ -274,7 +274,7 @@ impl RegistryClient {
                 RegistryError::Protocol {
                     op: "list referrers of",
                     target: t.clone(),
-                    reason: e.to_string(),
+                    reason: crate::error::error_chain(&e),
                 }
             })?;
         Ok(Some(parsed.manifests))
