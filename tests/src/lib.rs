@@ -13,10 +13,13 @@
 //!   through the project's own registry client;
 //! - [`lambda_runtime_api`]: a Lambda Runtime API that runs the real Lambda binaries as
 //!   Lambda does, capturing their logs;
-//! - [`event_source_mapping`]: an SQS event-source mapping feeding such a function.
+//! - [`event_source_mapping`]: an SQS event-source mapping feeding such a function;
+//! - [`stores`]: directory and S3 stores, AWS clients configured like the project's, and
+//!   backups of a prefix through the library.
 
 pub mod corpus;
 pub mod event_source_mapping;
 pub mod fault_proxy;
 pub mod lambda_runtime_api;
 pub mod servers;
+pub mod stores;

@@ -319,7 +319,8 @@ async fn malformed_and_hostile_messages_fail_alone_with_clear_errors() {
     for (name, body, wanted) in &bad {
         match worker.run_task(body).await {
             Err(TaskError::Message(e)) => {
-                let text = e.to_string();
+                // What an operator reads (the DLQ's error attribute, the log) is the chain.
+                let text = ecr_backup_shared::error::error_chain(&e);
                 assert!(
                     text.contains(wanted),
                     "{name}: {text:?} does not say {wanted:?}"
@@ -954,4 +955,57 @@ proptest! {
             }
         }
     }
+}
+
+/// A failing command prints its error chain once, one cause a line, outermost first, each
+/// saying only its own step (no line repeats the line below it); with `--json` the same
+/// chain goes to stdout as a list.
+#[test]
+fn a_failure_prints_each_cause_once_and_as_a_json_list() {
+    let servers = TestServers::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    // The store's directory cannot be created: a file stands in its way.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let store = blocker.join("store");
+    let (code, stdout, stderr) = run_cli(&[
+        "backup",
+        "--source",
+        &servers.registry,
+        "--store",
+        store.to_str().unwrap(),
+        "--repository",
+        "no-such-prefix/**",
+        "--json",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: ") || l.starts_with("  caused by: "))
+        .collect();
+    let causes: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            l.trim_start_matches("error: ")
+                .trim_start_matches("  caused by: ")
+        })
+        .collect();
+    assert!(causes.len() >= 2, "a chain of causes: {stderr}");
+    assert!(causes[0].contains("opening store"), "{stderr}");
+    for pair in causes.windows(2) {
+        assert!(
+            !pair[0].contains(pair[1]),
+            "{:?} repeats its cause {:?}:\n{stderr}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON on stdout");
+    let listed: Vec<&str> = json["error"]
+        .as_array()
+        .expect("the chain as a list")
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(listed, causes);
 }

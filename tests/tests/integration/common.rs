@@ -1,86 +1,19 @@
-//! Helpers shared by the integration tests: running a backup through the library or the
-//! CLI binary, S3 buckets on the test S3 server, and a store consistency check.
+//! Helpers shared by the integration tests: the CLI binary and skopeo, store consistency
+//! checks, and (from the test-support crate, `ecr_backup_tests::stores`) stores, AWS
+//! clients and backups through the library.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use ecr_backup_shared::backup::{self, BackupReport, RunOptions};
-use ecr_backup_shared::copy::CopyEngine;
-use ecr_backup_shared::filter::ImageFilter;
-use ecr_backup_shared::progress::NoProgress;
-use ecr_backup_shared::source::registry::Credentials;
-use ecr_backup_shared::source::Source;
-use ecr_backup_shared::store::{Store, StoreLocation};
 use ecr_backup_shared::Digest;
 use sha2::{Digest as _, Sha256};
 
-/// Backs up the repositories under `prefix` of `registry` into `store`.
-pub async fn backup_prefix(
-    registry: &str,
-    credentials: Option<Credentials>,
-    prefix: &str,
-    store: &Store,
-) -> BackupReport {
-    let source = Source::connect(registry, None, credentials)
-        .await
-        .expect("source");
-    backup_source(&source, prefix, store).await
-}
-
-/// Backs up the repositories under `prefix` of a connected source into `store`.
-pub async fn backup_source(source: &Source, prefix: &str, store: &Store) -> BackupReport {
-    let engine = CopyEngine::for_source(source, store.clone());
-    let options = RunOptions {
-        filter: ImageFilter::new(&[format!("{}/**", prefix.trim_end_matches('/'))], &[], None)
-            .unwrap(),
-        image_concurrency: 4,
-    };
-    backup::run(source, &engine, &options, Arc::new(NoProgress))
-        .await
-        .expect("backup run")
-}
-
-/// A directory store in a fresh temporary directory (kept alive by the returned guard).
-pub async fn dir_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&StoreLocation::Dir(dir.path().join("store"))).await;
-    (dir, store)
-}
-
-/// The S3 client of the test S3 server (path-style, dummy credentials).
-pub async fn s3_client(moto: &str) -> aws_sdk_s3::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(moto)
-        .region(aws_config::Region::new("us-east-1"))
-        .load()
-        .await;
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(true)
-            .build(),
-    )
-}
-
-/// A new bucket on the test S3 server, and a store in it under `prefix/`.
-pub async fn s3_store(moto: &str, name: &str) -> (aws_sdk_s3::Client, Store, String) {
-    let client = s3_client(moto).await;
-    let bucket = format!("{name}-{:08x}", rand::random::<u32>());
-    client
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("create bucket");
-    let location =
-        ecr_backup_shared::store::S3Location::parse(&format!("s3://{bucket}/backup")).unwrap();
-    let store = Store::new(Arc::new(ecr_backup_shared::store::S3Backend::new(
-        client.clone(),
-        location,
-    )));
-    (client, store, bucket)
-}
+pub use ecr_backup_tests::stores::{
+    aws_config, backup_prefix, backup_source, dir_store, dir_store_at, s3_client, s3_store,
+    s3_store_in, try_backup_source,
+};
 
 /// Builds the workspace binaries `binaries` of `packages` (debug profile) and returns
 /// their paths, in the order of `binaries`. Tests run the binaries as users and Lambda do,

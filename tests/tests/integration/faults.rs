@@ -18,7 +18,7 @@ use ecr_backup_shared::progress::NoProgress;
 use ecr_backup_shared::source::ecr::{EcrApi, EcrCredentials};
 use ecr_backup_shared::source::Source;
 use ecr_backup_shared::store::tag_view::tag_view;
-use ecr_backup_shared::store::{Layout, S3Backend, S3Location, Store};
+use ecr_backup_shared::store::{Layout, Store};
 use ecr_backup_shared::{Digest, RegistryClient, RepositoryName, Tag};
 use ecr_backup_tests::corpus::{
     push_corpus, push_image, push_small_image, random_layer, repository, Corpus, CorpusImage,
@@ -40,33 +40,6 @@ pub(crate) async fn registry_proxy(servers: &TestServers) -> FaultProxy {
     FaultProxy::start(&servers.registry, Flavor::Registry)
         .await
         .expect("start the fault proxy")
-}
-
-/// The AWS settings the project itself uses (retry mode and attempts included), with
-/// every request sent to `endpoint`.
-pub(crate) async fn aws_config_via(endpoint: &str) -> aws_config::SdkConfig {
-    ecr_backup_shared::aws::sdk_config()
-        .await
-        .into_builder()
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .build()
-}
-
-/// An S3 client built like the project's, reaching S3 through `endpoint`.
-pub(crate) async fn s3_client_via(endpoint: &str) -> aws_sdk_s3::Client {
-    let config = aws_config_via(endpoint).await;
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(true)
-            .build(),
-    )
-}
-
-/// A store under `s3://bucket/backup` reached through `endpoint`.
-pub(crate) fn s3_store_via(client: aws_sdk_s3::Client, bucket: &str) -> Store {
-    let location = S3Location::parse(&format!("s3://{bucket}/backup")).unwrap();
-    Store::new(Arc::new(S3Backend::new(client, location)))
 }
 
 /// Checks an S3 store by hand, like [`assert_dir_store_consistent`]: every blob hashes to
@@ -285,7 +258,7 @@ async fn slowdown_and_5xx_storms_on_s3_end_in_a_complete_backup() {
         max_faults: 12,
         max_in_a_row: 2,
     }));
-    let store = s3_store_via(s3_client_via(&proxy.url()).await, &bucket);
+    let store = s3_store_in(s3_client(&proxy.url()).await, &bucket);
 
     let started = Instant::now();
     let report = backup_prefix(&servers.registry, None, &prefix, &store).await;
@@ -296,7 +269,7 @@ async fn slowdown_and_5xx_storms_on_s3_end_in_a_complete_backup() {
     assert_eq!(report.images_copied as usize, tagged);
     let blobs = assert_s3_store_consistent(&direct, &bucket).await;
     assert_eq!(blobs, tagged_blobs(&corpus));
-    let direct_store = s3_store_via(direct.clone(), &bucket);
+    let direct_store = s3_store_in(direct.clone(), &bucket);
     assert_eq!(tags_of(&direct_store).await, corpus.tags());
     let injected = proxy.faults_injected();
     assert!(injected >= 6, "the storm was too small: {injected} faults");
@@ -396,7 +369,7 @@ async fn resets_and_truncation_mid_blob_leave_no_partial_object_and_are_retried(
         When::Nth(1),
         Fault::ResetRequestBody { after: 4 * MIB },
     ));
-    let store = s3_store_via(s3_client_via(&s3_proxy.url()).await, &bucket);
+    let store = s3_store_in(s3_client(&s3_proxy.url()).await, &bucket);
     let started = Instant::now();
     let report = backup_prefix(&proxy.url(), None, &prefix, &store).await;
     let s3_elapsed = started.elapsed();
@@ -555,7 +528,7 @@ pub(crate) async fn register_in_ecr(
     repo: &RepositoryName,
     images: &[(&CorpusImage, Option<String>)],
 ) {
-    let ecr = aws_sdk_ecr::Client::new(&aws_config_via(&servers.moto).await);
+    let ecr = aws_sdk_ecr::Client::new(&aws_config(&servers.moto).await);
     ecr.create_repository()
         .repository_name(repo.as_str())
         .send()
@@ -610,7 +583,7 @@ async fn an_expired_registry_token_mid_run_is_refreshed_and_the_run_completes() 
         },
     ));
     let api = EcrApi::new(
-        aws_sdk_ecr::Client::new(&aws_config_via(&api_proxy.url()).await),
+        aws_sdk_ecr::Client::new(&aws_config(&api_proxy.url()).await),
         Some("123456789012".into()),
     );
     let registry = RegistryClient::new(
@@ -798,7 +771,7 @@ pub(crate) async fn worker_context(
     store: &Store,
     options: CopyOptions,
 ) -> (WorkerContext, Arc<Worker>, SqsQueue) {
-    let sqs = aws_sdk_sqs::Client::new(&aws_config_via(&servers.moto).await);
+    let sqs = aws_sdk_sqs::Client::new(&aws_config(&servers.moto).await);
     let name = format!("faults-{:08x}", rand::random::<u32>());
     let url = sqs
         .create_queue()

@@ -29,7 +29,7 @@ use ecr_backup_tests::lambda_runtime_api::{
 use ecr_backup_tests::servers::{self, TestServers};
 use serde_json::{json, Value};
 
-use crate::common::{build_binaries, cli_binary, s3_store};
+use crate::common::{aws_config, build_binaries, cli_binary, s3_store};
 
 const VISIBILITY_SECONDS: i32 = 2;
 const MAX_RECEIVES: u32 = 2;
@@ -57,14 +57,6 @@ fn binaries() -> &'static Binaries {
         let fanout = paths.pop().expect("two binaries");
         Binaries { fanout, worker }
     })
-}
-
-async fn aws_config(moto: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(moto)
-        .region(aws_config::Region::new("us-east-1"))
-        .load()
-        .await
 }
 
 /// A copy queue with its dead-letter queue; returns (queue URL, DLQ URL).

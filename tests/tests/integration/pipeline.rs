@@ -22,7 +22,7 @@ use ecr_backup_tests::corpus::{push_image, random_layer, repository, CorpusImage
 use ecr_backup_tests::servers::{self, TestServers};
 use ecr_backup_worker::WorkerContext;
 
-use crate::common::s3_store;
+use crate::common::{aws_config, s3_store};
 
 const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 const MAX_RECEIVES: u32 = 2;
@@ -39,14 +39,6 @@ struct Pipeline {
     store: Store,
     source: Source,
     worker: WorkerContext,
-}
-
-async fn aws_config(moto: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(moto)
-        .region(aws_config::Region::new("us-east-1"))
-        .load()
-        .await
 }
 
 impl Pipeline {

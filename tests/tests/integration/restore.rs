@@ -12,15 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use ecr_backup_shared::backup::{self, BackupReport, RunOptions};
-use ecr_backup_shared::copy::CopyEngine;
+use ecr_backup_shared::backup::BackupReport;
 use ecr_backup_shared::filter::ImageFilter;
 use ecr_backup_shared::progress::NoProgress;
 use ecr_backup_shared::source::registry::{Credentials, RegistryError};
 use ecr_backup_shared::source::Source;
-use ecr_backup_shared::store::{DirBackend, Store, StoreError};
+use ecr_backup_shared::store::{Store, StoreError};
 use ecr_backup_shared::wayback::inventory::{parse_time, InventoryError, PointInTime};
 use ecr_backup_shared::wayback::restore::{self, Rename, RestoreError, RestoreOptions};
+
+use crate::common::{dir_store_at, try_backup_source};
 use ecr_backup_shared::{Digest, RegistryClient, RepositoryName};
 use ecr_backup_tests::corpus::{
     push_corpus, push_image, random_layer, Corpus, CorpusImage, CorpusOptions, Format,
@@ -52,7 +53,7 @@ impl Fixture {
         )
         .await?;
         let dir = tempfile::tempdir()?;
-        let store = store_at(&dir.path().join("store"));
+        let store = dir_store_at(&dir.path().join("store"));
         let backup = back_up(&servers, &store, &prefix).await?;
         ensure!(
             backup.is_success(),
@@ -127,20 +128,10 @@ impl Fixture {
     }
 }
 
-/// A directory store.
-pub fn store_at(path: &Path) -> Store {
-    Store::new(Arc::new(DirBackend::new(path)))
-}
-
 /// Backs up everything under `prefix` in registry A into `store`, as the CLI does.
 pub async fn back_up(servers: &TestServers, store: &Store, prefix: &str) -> Result<BackupReport> {
     let source = Source::connect(&servers.registry, None, None).await?;
-    let engine = CopyEngine::for_source(&source, store.clone());
-    let options = RunOptions {
-        filter: ImageFilter::new(&[format!("{prefix}/**")], &[], None)?,
-        image_concurrency: 4,
-    };
-    Ok(backup::run(&source, &engine, &options, Arc::new(NoProgress)).await?)
+    try_backup_source(&source, prefix, store).await
 }
 
 /// Restore options selecting `prefix/**`.
@@ -368,7 +359,7 @@ async fn restore_into_ecr_creates_the_repositories_first() -> Result<()> {
     .await?;
     let dir = tempfile::tempdir()?;
     let store_dir = dir.path().join("store");
-    back_up(&servers, &store_at(&store_dir), &prefix).await?;
+    back_up(&servers, &dir_store_at(&store_dir), &prefix).await?;
 
     // Through the CLI, as an operator would: the ECR API at moto, the data plane at the
     // auth registry, credentials from moto's GetAuthorizationToken.
@@ -462,7 +453,7 @@ async fn restore_as_of_gives_the_tag_its_old_digest() -> Result<()> {
     )
     .await?;
     let dir = tempfile::tempdir()?;
-    let store = store_at(&dir.path().join("store"));
+    let store = dir_store_at(&dir.path().join("store"));
     let first = back_up(&servers, &store, &prefix).await?;
     // As of the first run: its snapshot's time.
     let first_taken = store
@@ -561,7 +552,10 @@ async fn restore_refuses_bad_input_and_tags_nothing_half_written() -> Result<()>
         ),
         "{err:?}"
     );
-    assert!(err.to_string().contains("authentication failed"), "{err}");
+    assert!(
+        ecr_backup_shared::error::error_chain(&err).contains("authentication failed"),
+        "{err}"
+    );
     for ((repo, tag), _) in f.corpus.tags() {
         assert!(
             auth.head_manifest(&repo, tag.as_str()).await?.is_none(),
@@ -591,7 +585,7 @@ async fn restore_refuses_bad_input_and_tags_nothing_half_written() -> Result<()>
     );
     let empty = tempfile::tempdir()?;
     let err = restore::run(
-        &store_at(empty.path()),
+        &dir_store_at(empty.path()),
         &target,
         &options_for(&f.prefix),
         Arc::new(NoProgress),

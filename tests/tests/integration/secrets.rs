@@ -18,7 +18,8 @@ use ecr_backup_tests::fault_proxy::{Canned, Fault, FaultProxy, Flavor, Rule, Whe
 use ecr_backup_tests::servers::{self, TestServers};
 
 use crate::common::*;
-use crate::faults::{aws_config_via, register_in_ecr, s3_client_via};
+use crate::common::{aws_config, s3_client};
+use crate::faults::register_in_ecr;
 
 const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 const WRONG_PASSWORD: &str = "wr0ng-s3cret-Passw0rd";
@@ -310,7 +311,7 @@ async fn no_secret_reaches_in_process_logs_through_token_refresh_and_presigned_r
         When::Nth(1),
         Fault::ServerError { status: 503 },
     ));
-    let presigned = s3_client_via(&s3_proxy.url())
+    let presigned = s3_client(&s3_proxy.url())
         .await
         .get_object()
         .bucket(&bucket)
@@ -356,7 +357,7 @@ async fn no_secret_reaches_in_process_logs_through_token_refresh_and_presigned_r
         },
     ));
     let api = EcrApi::new(
-        aws_sdk_ecr::Client::new(&aws_config_via(&servers.moto).await),
+        aws_sdk_ecr::Client::new(&aws_config(&servers.moto).await),
         Some("123456789012".into()),
     );
     let registry = RegistryClient::new(

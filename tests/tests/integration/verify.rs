@@ -12,7 +12,8 @@ use ecr_backup_shared::wayback::verify::{
 };
 use ecr_backup_shared::Digest;
 
-use crate::restore::{cli, run_cli, store_at, Fixture};
+use crate::common::dir_store_at;
+use crate::restore::{cli, run_cli, Fixture};
 
 async fn check(f: &Fixture, options: VerifyOptions) -> Result<VerifyReport> {
     Ok(verify::verify(&f.store, &options, Arc::new(NoProgress)).await?)
@@ -236,7 +237,7 @@ async fn verify_reports_snapshot_images_without_records_and_refuses_bad_input() 
     );
     let empty = tempfile::tempdir()?;
     let err = verify::verify(
-        &store_at(empty.path()),
+        &dir_store_at(empty.path()),
         &VerifyOptions::default(),
         Arc::new(NoProgress),
     )
