@@ -20,7 +20,7 @@ use crate::source::ecr::EcrError;
 use crate::source::registry::RegistryError;
 use crate::source::{Source, SourceError, SourceImage};
 use crate::store::records::Snapshot;
-use crate::store::{Catalog, RepositoryCatalog, Store};
+use crate::store::{Listing, RepositoryListing, Store};
 
 /// Repositories enumerated at once.
 const REPOSITORY_CONCURRENCY: usize = 4;
@@ -43,7 +43,7 @@ pub struct RepositoryPlan {
     /// Archived ECR images the store lacks: they cannot be pulled now.
     pub archived: Vec<SourceImage>,
     /// What the store holds of the repository (the copies use it to skip reads).
-    pub known: RepositoryCatalog,
+    pub known: RepositoryListing,
 }
 
 /// A whole source compared with the store.
@@ -60,7 +60,7 @@ pub struct Plan {
     /// Repositories deleted during the enumeration.
     pub gone: Vec<RepositoryName>,
     /// What the store holds of each planned repository.
-    pub known: Catalog,
+    pub known: Listing,
 }
 
 impl Plan {
@@ -72,7 +72,7 @@ impl Plan {
             up_to_date: 0,
             archived: Vec::new(),
             gone: Vec::new(),
-            known: Catalog::new(),
+            known: Listing::new(),
         }
     }
 
@@ -98,22 +98,22 @@ pub struct Planner<'a> {
     source: &'a Source,
     store: &'a Store,
     filter: &'a ImageFilter,
-    taken_at: DateTime<Utc>,
+    observed_at: DateTime<Utc>,
 }
 
 impl<'a> Planner<'a> {
-    /// A planner whose work is observed at `taken_at` (the run's time).
+    /// A planner whose work is observed at `observed_at` (the run's time).
     pub fn new(
         source: &'a Source,
         store: &'a Store,
         filter: &'a ImageFilter,
-        taken_at: DateTime<Utc>,
+        observed_at: DateTime<Utc>,
     ) -> Planner<'a> {
         Planner {
             source,
             store,
             filter,
-            taken_at,
+            observed_at,
         }
     }
 
@@ -174,11 +174,11 @@ impl<'a> Planner<'a> {
         };
         let known = self
             .store
-            .catalog(Some(&repo))
+            .listing(Some(&repo))
             .await?
             .remove(&repo)
             .unwrap_or_default();
-        Ok(compare(self.filter, repo, images, known, self.taken_at))
+        Ok(compare(self.filter, repo, images, known, self.observed_at))
     }
 
     fn source_error(&self, error: SourceError) -> BackupError {
@@ -199,7 +199,7 @@ impl RepositoryPlan {
             work: Vec::new(),
             up_to_date: 0,
             archived: Vec::new(),
-            known: RepositoryCatalog::default(),
+            known: RepositoryListing::default(),
         }
     }
 }
@@ -223,8 +223,8 @@ pub fn compare(
     filter: &ImageFilter,
     repository: RepositoryName,
     images: Vec<SourceImage>,
-    known: RepositoryCatalog,
-    taken_at: DateTime<Utc>,
+    known: RepositoryListing,
+    observed_at: DateTime<Utc>,
 ) -> RepositoryPlan {
     let mut plan = RepositoryPlan {
         images_seen: images.len(),
@@ -263,7 +263,7 @@ pub fn compare(
                 repository: plan.repository.clone(),
                 digest: image.digest,
                 tags,
-                observed_at: taken_at,
+                observed_at,
             });
         }
     }
@@ -297,7 +297,7 @@ mod tests {
     fn an_archived_image_is_named_unless_it_is_already_backed_up() {
         let repo: RepositoryName = "team/app".parse().unwrap();
         let taken = at("2026-11-27T05:30:00.400Z");
-        let mut known = RepositoryCatalog::default();
+        let mut known = RepositoryListing::default();
         known.images.insert(Digest::of(b"kept"), taken);
         let images = vec![
             image(&repo, b"cold", "old", true),
@@ -332,7 +332,7 @@ mod tests {
         let repo: RepositoryName = "team/app".parse().unwrap();
         let taken = at("2026-11-27T05:30:00Z");
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
-        let mut known = RepositoryCatalog::default();
+        let mut known = RepositoryListing::default();
         known.images.insert(a.clone(), taken);
         known.images.insert(b.clone(), taken);
         let entry = |digest: &Digest| TagEntry {

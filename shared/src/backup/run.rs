@@ -107,9 +107,9 @@ pub async fn run(
             tracing::warn!(store = %store.location(), error = %error_chain(&e), "could not remove partial files left by interrupted writes")
         }
     }
-    let taken_at = chrono::Utc::now();
-    let plan = Planner::new(source, store, &options.filter, taken_at)
-        .plan(Snapshot::new(source.name().to_owned(), taken_at))
+    let observed_at = chrono::Utc::now();
+    let plan = Planner::new(source, store, &options.filter, observed_at)
+        .plan(Snapshot::new(source.name().to_owned(), observed_at))
         .await?;
     reporter.images_found(plan.work.len() as u64);
 

@@ -23,7 +23,7 @@ use crate::progress::{NoProgress, Reporter};
 use crate::source::registry::{RegistryClient, RegistryError, RetryPolicy};
 use crate::source::Source;
 use crate::store::records::{BlobRef, ChildManifest, ImageRecord, TagRecord, RECORD_VERSION};
-use crate::store::{RepositoryCatalog, Store, StoreError, WriteOutcome};
+use crate::store::{RepositoryListing, Store, StoreError, WriteOutcome};
 
 /// Deepest nesting of indexes followed (an index of indexes of manifests is depth 2).
 const MAX_INDEX_DEPTH: usize = 4;
@@ -324,7 +324,7 @@ impl CopyEngine {
     pub async fn copy_image(
         &self,
         request: &CopyRequest,
-        known: Option<&RepositoryCatalog>,
+        known: Option<&RepositoryListing>,
     ) -> Result<ImageOutcome, CopyError> {
         self.copy_image_at_depth(request, known, 0).await
     }
@@ -332,7 +332,7 @@ impl CopyEngine {
     async fn copy_image_at_depth(
         &self,
         request: &CopyRequest,
-        known: Option<&RepositoryCatalog>,
+        known: Option<&RepositoryListing>,
         referrer_depth: usize,
     ) -> Result<ImageOutcome, CopyError> {
         let repo = &request.repository;
@@ -343,7 +343,7 @@ impl CopyEngine {
             source,
         };
         let present = match known {
-            Some(catalog) => catalog.images.contains_key(digest),
+            Some(listing) => listing.images.contains_key(digest),
             None => self
                 .store
                 .image_record(repo, digest)
@@ -367,25 +367,25 @@ impl CopyEngine {
     async fn record_tags(
         &self,
         request: &CopyRequest,
-        known: Option<&RepositoryCatalog>,
+        known: Option<&RepositoryListing>,
     ) -> Result<(), StoreError> {
         if request.tags.is_empty() {
             return Ok(());
         }
         let listed;
-        let catalog = match known {
+        let listing = match known {
             Some(c) => c,
             None => {
-                listed = self.store.catalog(Some(&request.repository)).await?;
+                listed = self.store.listing(Some(&request.repository)).await?;
                 match listed.get(&request.repository) {
                     Some(c) => c,
-                    None => &RepositoryCatalog::default(),
+                    None => &RepositoryListing::default(),
                 }
             }
         };
         for tag in &request.tags {
             // The tag log only needs an entry when the tag's latest known state differs.
-            let current = catalog.tag_as_of(tag, None);
+            let current = listing.tag_as_of(tag, None);
             if current.is_some_and(|c| c.digest == request.digest) {
                 continue;
             }

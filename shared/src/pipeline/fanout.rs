@@ -54,7 +54,7 @@ pub struct FanoutRun {
     /// Start after this repository (continuations).
     pub after: Option<RepositoryName>,
     /// When the run started: every part describes the registry "as of" this time.
-    pub taken_at: DateTime<Utc>,
+    pub observed_at: DateTime<Utc>,
     /// Repository and tag selection.
     pub filter: FilterSpec,
     /// Most repositories one part enumerates (`None`: only the time budget cuts a part).
@@ -64,13 +64,13 @@ pub struct FanoutRun {
 impl FanoutRun {
     /// A new run starting now.
     pub fn start(filter: FilterSpec, part_repositories: Option<u32>) -> FanoutRun {
-        let taken_at = Utc::now();
-        let id = Snapshot::new(String::new(), taken_at).id;
+        let observed_at = Utc::now();
+        let id = Snapshot::new(String::new(), observed_at).id;
         FanoutRun {
             run_id: id,
             part: 0,
             after: None,
-            taken_at,
+            observed_at,
             filter,
             part_repositories,
         }
@@ -122,14 +122,14 @@ pub async fn fan_out(
         .stats()
         .send_calls
         .load(std::sync::atomic::Ordering::Relaxed);
-    let planner = Planner::new(source, store, &filter, run.taken_at);
+    let planner = Planner::new(source, store, &filter, run.observed_at);
     let repositories = planner.repositories(run.after.as_ref()).await?;
 
     let mut plan = Plan::new(Snapshot::part_of(
         &run.run_id,
         run.part,
         source.name().to_owned(),
-        run.taken_at,
+        run.observed_at,
         true,
     ));
     let mut report = FanoutReport {
@@ -237,7 +237,7 @@ pub async fn fan_out(
                     run_id: run.run_id.clone(),
                     part: run.part + 1,
                     after: after.clone(),
-                    observed_at: run.taken_at,
+                    observed_at: run.observed_at,
                     filter: run.filter.clone(),
                     part_repositories: run.part_repositories,
                 }])

@@ -270,7 +270,7 @@ impl Worker {
                     run_id,
                     part,
                     after: Some(after),
-                    taken_at: observed_at,
+                    observed_at,
                     filter,
                     part_repositories,
                 };

@@ -26,7 +26,7 @@ pub use conformance::run_conformance_suite;
 pub use dir::DirBackend;
 pub use layout::Layout;
 pub use repository::{
-    sort_observations, Catalog, IndexRef, RepositoryCatalog, Store, StoreLocation, TagEntry,
+    sort_observations, IndexRef, Listing, RepositoryListing, Store, StoreLocation, TagEntry,
 };
 pub use runs::{observed_after_run, part_id, PartId, Run};
 pub use s3::{S3Backend, S3Location};

@@ -142,7 +142,7 @@ pub struct Snapshot {
     pub source: String,
     /// When enumeration started: the snapshot describes the registry at this time.
     #[serde(rename = "takenAt")]
-    pub taken_at: DateTime<Utc>,
+    pub observed_at: DateTime<Utc>,
     /// The run this snapshot is part of; a run too large for one fan-out invocation is
     /// written in parts (`<run>`, `<run>.1`, `<run>.2`, …). Absent: the snapshot's own id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,16 +183,16 @@ pub struct SnapshotRepository {
 
 impl Snapshot {
     /// A new, empty snapshot taken now.
-    pub fn new(source: String, taken_at: DateTime<Utc>) -> Snapshot {
+    pub fn new(source: String, observed_at: DateTime<Utc>) -> Snapshot {
         Snapshot {
             version: RECORD_VERSION,
             id: format!(
                 "{}-{:06x}",
-                taken_at.format("%Y%m%dT%H%M%SZ"),
+                observed_at.format("%Y%m%dT%H%M%SZ"),
                 rand::random::<u32>() & 0xff_ffff
             ),
             source,
-            taken_at,
+            observed_at,
             run: None,
             part: 0,
             last: true,
@@ -207,14 +207,14 @@ impl Snapshot {
         run: &str,
         part: u32,
         source: String,
-        taken_at: DateTime<Utc>,
+        observed_at: DateTime<Utc>,
         last: bool,
     ) -> Snapshot {
         Snapshot {
             version: RECORD_VERSION,
             id: crate::store::part_id(run, part),
             source,
-            taken_at,
+            observed_at,
             run: Some(run.to_owned()),
             part,
             last,

@@ -85,7 +85,7 @@ pub fn sort_observations(entries: &mut [TagEntry]) {
 
 /// What the store holds for one repository, from a single listing.
 #[derive(Debug, Clone, Default)]
-pub struct RepositoryCatalog {
+pub struct RepositoryListing {
     /// Images backed up (image record present), with the record's write time (by the
     /// store's clock).
     pub images: BTreeMap<Digest, DateTime<Utc>>,
@@ -95,7 +95,7 @@ pub struct RepositoryCatalog {
     pub deleted: BTreeMap<Digest, DateTime<Utc>>,
 }
 
-impl RepositoryCatalog {
+impl RepositoryListing {
     /// The latest observation of `tag` at or before `at` (or ever, when `at` is `None`).
     pub fn tag_as_of(&self, tag: &Tag, at: Option<DateTime<Utc>>) -> Option<&TagEntry> {
         self.tags
@@ -107,7 +107,7 @@ impl RepositoryCatalog {
 }
 
 /// Everything the store holds, by repository, from one listing of `repositories/`.
-pub type Catalog = BTreeMap<RepositoryName, RepositoryCatalog>;
+pub type Listing = BTreeMap<RepositoryName, RepositoryListing>;
 
 /// A backup repository on a backend.
 #[derive(Clone)]
@@ -286,12 +286,12 @@ impl Store {
     }
 
     /// Lists what the store holds, for every repository or for one.
-    pub async fn catalog(&self, only: Option<&RepositoryName>) -> Result<Catalog, StoreError> {
+    pub async fn listing(&self, only: Option<&RepositoryName>) -> Result<Listing, StoreError> {
         let prefix = match only {
             Some(repo) => Layout::repository(repo),
             None => layout::REPOSITORIES_PREFIX.to_owned(),
         };
-        let mut catalog = Catalog::new();
+        let mut listing = Listing::new();
         for object in self.backend.list(&prefix).await? {
             let Some((repo, kind, rest)) = Layout::split_record_key(&object.key) else {
                 continue;
@@ -299,7 +299,7 @@ impl Store {
             if only.is_some_and(|o| o != &repo) {
                 continue;
             }
-            let entry = catalog.entry(repo).or_default();
+            let entry = listing.entry(repo).or_default();
             match kind {
                 "_images" => {
                     if let Some(d) = Layout::digest_from_file_name(rest) {
@@ -329,12 +329,12 @@ impl Store {
                 _ => {}
             }
         }
-        for repo in catalog.values_mut() {
+        for repo in listing.values_mut() {
             for entries in repo.tags.values_mut() {
                 sort_observations(entries);
             }
         }
-        Ok(catalog)
+        Ok(listing)
     }
 
     /// Writes one part of a run's snapshot, once. The same part already written with the

@@ -83,7 +83,7 @@ pub struct Run {
     /// The registry it enumerated.
     pub source: String,
     /// When enumeration started; every part describes the registry as of this time.
-    pub taken_at: DateTime<Utc>,
+    pub observed_at: DateTime<Utc>,
     /// The parts found, by number.
     pub parts: BTreeMap<u32, Snapshot>,
     /// How many parts the run has, when its last part was found.
@@ -102,7 +102,7 @@ impl Run {
         Some(Run {
             id: id.to_owned(),
             source: first.source.clone(),
-            taken_at: parts.values().map(|p| p.taken_at).min()?,
+            observed_at: parts.values().map(|p| p.observed_at).min()?,
             part_count,
             parts,
         })
@@ -140,20 +140,20 @@ impl Run {
         merged.part = 0;
         merged.last = self.is_complete();
         merged.parts = self.part_count;
-        merged.taken_at = self.taken_at;
+        merged.observed_at = self.observed_at;
         merged
     }
 }
 
-/// True when a tag record observed at `observed` is newer than a run taken at `taken_at`,
+/// True when a tag record observed at `observed` is newer than a run taken at `observed_at`,
 /// and so is applied on top of the run's snapshot.
 ///
 /// The rule of `docs/format.md` ("Tags as of time T"): times are compared by
 /// [`latest_instant`], so an ECR event of the run's own whole second counts as newer. A
 /// record of that second which the run's listing already saw names the digest the
 /// snapshot names, so reading it as newer costs nothing.
-pub fn observed_after_run(observed: DateTime<Utc>, taken_at: DateTime<Utc>) -> bool {
-    latest_instant(observed) >= taken_at
+pub fn observed_after_run(observed: DateTime<Utc>, observed_at: DateTime<Utc>) -> bool {
+    latest_instant(observed) >= observed_at
 }
 
 /// A run's id, or why a snapshot id given by a user does not name one.
@@ -238,7 +238,7 @@ impl Store {
             .try_filter_map(|r| async move { Ok(r) })
             .try_collect()
             .await?;
-        runs.sort_by(|a, b| (a.taken_at, &a.id).cmp(&(b.taken_at, &b.id)));
+        runs.sort_by(|a, b| (a.observed_at, &a.id).cmp(&(b.observed_at, &b.id)));
         Ok(runs)
     }
 
@@ -268,8 +268,12 @@ impl Store {
                 let Some(run) = self.read_run(&run, parts).await? else {
                     continue;
                 };
-                let eligible = run.is_complete() && at.is_none_or(|at| run.taken_at <= at);
-                if eligible && best.as_ref().is_none_or(|b| run.taken_at > b.taken_at) {
+                let eligible = run.is_complete() && at.is_none_or(|at| run.observed_at <= at);
+                if eligible
+                    && best
+                        .as_ref()
+                        .is_none_or(|b| run.observed_at > b.observed_at)
+                {
                     best = Some(run);
                 }
             }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::oci::digest::Digest;
 use crate::oci::names::{RepositoryName, Tag};
 use crate::store::records::Snapshot;
-use crate::store::{observed_after_run, Catalog, IndexRef, Store, StoreError};
+use crate::store::{observed_after_run, IndexRef, Listing, Store, StoreError};
 
 /// The newest complete run taken at or before `at` (or ever), all its parts merged (see
 /// [`Store::latest_run`]).
@@ -24,21 +24,21 @@ pub async fn latest_run(
 /// runs, or a run's own copies). "After" follows [`observed_after_run`].
 pub async fn tag_view(
     store: &Store,
-    catalog: &Catalog,
+    listing: &Listing,
     at: Option<DateTime<Utc>>,
 ) -> Result<BTreeMap<(RepositoryName, Tag), Digest>, StoreError> {
     let base = latest_run(store, at).await?;
-    Ok(tag_view_from(base.as_ref(), catalog, at))
+    Ok(tag_view_from(base.as_ref(), listing, at))
 }
 
 /// [`tag_view`] on a run already read.
 pub fn tag_view_from(
     base: Option<&Snapshot>,
-    catalog: &Catalog,
+    listing: &Listing,
     at: Option<DateTime<Utc>>,
 ) -> BTreeMap<(RepositoryName, Tag), Digest> {
     let mut view = BTreeMap::new();
-    let since = base.map(|s| s.taken_at);
+    let since = base.map(|s| s.observed_at);
     if let Some(snapshot) = base {
         for (repo, r) in &snapshot.repositories {
             for (tag, digest) in &r.tags {
@@ -46,7 +46,7 @@ pub fn tag_view_from(
             }
         }
     }
-    for (repo, r) in catalog {
+    for (repo, r) in listing {
         for tag in r.tags.keys() {
             if let Some(e) = r.tag_as_of(tag, at) {
                 if since.is_none_or(|s| observed_after_run(e.observed_at, s)) {
@@ -66,15 +66,15 @@ pub async fn rebuild_index(
     store: &Store,
     copied: &HashMap<Digest, (String, u64)>,
 ) -> Result<(), StoreError> {
-    let catalog = store.catalog(None).await?;
-    let view = tag_view(store, &catalog, None).await?;
+    let listing = store.listing(None).await?;
+    let view = tag_view(store, &listing, None).await?;
     let mut refs = Vec::new();
     // Manifests already in the index, or just copied, need no record read: a record is
     // read only for an image some other process copied (a worker, for the fan-out).
     let mut known: HashMap<Digest, (String, u64)> = store.indexed_manifests().await?;
     known.extend(copied.iter().map(|(d, m)| (d.clone(), m.clone())));
     for ((repo, tag), digest) in view {
-        if !catalog
+        if !listing
             .get(&repo)
             .is_some_and(|c| c.images.contains_key(&digest))
         {
@@ -141,8 +141,8 @@ mod tests {
         let tag: Tag = "latest".parse().unwrap();
         let (old, new) = (Digest::of(b"old"), Digest::of(b"new"));
         let snapshot = snapshot_with(&repo, &tag, &old, at("2026-11-27T05:30:00.400Z"));
-        let mut catalog = Catalog::new();
-        let entries = catalog
+        let mut listing = Listing::new();
+        let entries = listing
             .entry(repo.clone())
             .or_default()
             .tags
@@ -150,12 +150,12 @@ mod tests {
             .or_default();
         entries.push(entry(&old, at("2026-11-26T05:30:00.100Z")));
         entries.push(entry(&new, at("2026-11-27T05:30:00Z")));
-        let view = tag_view_from(Some(&snapshot), &catalog, None);
+        let view = tag_view_from(Some(&snapshot), &listing, None);
         assert_eq!(view[&(repo.clone(), tag.clone())], new);
         // A record of the second before the run is older than the run.
-        catalog.get_mut(&repo).unwrap().tags.get_mut(&tag).unwrap()[1].observed_at =
+        listing.get_mut(&repo).unwrap().tags.get_mut(&tag).unwrap()[1].observed_at =
             at("2026-11-27T05:29:59.900Z");
-        let view = tag_view_from(Some(&snapshot), &catalog, None);
+        let view = tag_view_from(Some(&snapshot), &listing, None);
         assert_eq!(view[&(repo, tag)], old);
     }
 
@@ -172,17 +172,17 @@ mod tests {
         let mut entries = vec![entry(&new, at("2026-11-27T05:30:00Z")), entry(&old, taken)];
         crate::store::sort_observations(&mut entries);
         assert_eq!(entries.last().unwrap().digest, new);
-        let mut catalog = Catalog::new();
-        catalog
+        let mut listing = Listing::new();
+        listing
             .entry(repo.clone())
             .or_default()
             .tags
             .insert(tag.clone(), entries);
-        let view = tag_view_from(Some(&snapshot), &catalog, None);
+        let view = tag_view_from(Some(&snapshot), &listing, None);
         assert_eq!(view[&(repo.clone(), tag.clone())], new);
         // As of the run's exact time the event (stamped at the second's start) is already
         // included: it may have happened any time in that second.
-        let view = tag_view_from(Some(&snapshot), &catalog, Some(taken));
+        let view = tag_view_from(Some(&snapshot), &listing, Some(taken));
         assert_eq!(view[&(repo, tag)], new);
     }
 }

@@ -12,7 +12,7 @@ use crate::oci::digest::Digest;
 use crate::oci::names::{RepositoryName, Tag};
 use crate::store::records::Snapshot;
 use crate::store::tag_view::{latest_run, tag_view_from};
-use crate::store::{Catalog, Run, Store, StoreError};
+use crate::store::{Listing, Run, Store, StoreError};
 
 /// Records read at once when a listing needs many of them.
 const READ_CONCURRENCY: usize = 16;
@@ -151,7 +151,7 @@ impl TagView {
 /// `docs/format.md` (latest snapshot at or before the time, plus later tag records).
 pub async fn view_at(
     store: &Store,
-    catalog: &Catalog,
+    listing: &Listing,
     point: &PointInTime,
 ) -> Result<TagView, InventoryError> {
     match point {
@@ -178,7 +178,7 @@ pub async fn view_at(
             };
             let base = latest_run(store, at).await?;
             Ok(TagView {
-                tags: tag_view_from(base.as_ref(), catalog, at),
+                tags: tag_view_from(base.as_ref(), listing, at),
                 snapshot: base,
             })
         }
@@ -224,13 +224,13 @@ pub struct RepositorySummary {
 /// Every repository of a store, with counts.
 pub async fn repositories(store: &Store) -> Result<Vec<RepositorySummary>, InventoryError> {
     store.ensure_exists().await?;
-    let catalog = store.catalog(None).await?;
-    let view = tag_view_from(latest_run(store, None).await?.as_ref(), &catalog, None);
+    let listing = store.listing(None).await?;
+    let view = tag_view_from(latest_run(store, None).await?.as_ref(), &listing, None);
     let mut tag_counts: BTreeMap<&RepositoryName, usize> = BTreeMap::new();
     for (repo, _) in view.keys() {
         *tag_counts.entry(repo).or_default() += 1;
     }
-    let mut out: Vec<RepositorySummary> = catalog
+    let mut out: Vec<RepositorySummary> = listing
         .iter()
         .map(|(repo, c)| RepositorySummary {
             repository: repo.clone(),
@@ -246,7 +246,7 @@ pub async fn repositories(store: &Store) -> Result<Vec<RepositorySummary>, Inven
         .collect();
     // A repository known only from a snapshot (every copy failed) still deserves a line.
     for (repo, count) in tag_counts {
-        if !catalog.contains_key(repo) {
+        if !listing.contains_key(repo) {
             out.push(RepositorySummary {
                 repository: repo.clone(),
                 images: 0,
@@ -317,16 +317,16 @@ pub async fn repository(
     repo: &RepositoryName,
 ) -> Result<RepositoryDetail, InventoryError> {
     store.ensure_exists().await?;
-    let catalog = store.catalog(Some(repo)).await?;
+    let listing = store.listing(Some(repo)).await?;
     let latest = latest_run(store, None).await?;
-    let view = tag_view_from(latest.as_ref(), &catalog, None);
+    let view = tag_view_from(latest.as_ref(), &listing, None);
     let current: BTreeMap<Tag, Digest> = view
         .into_iter()
         .filter(|((r, _), _)| r == repo)
         .map(|((_, t), d)| (t, d))
         .collect();
     let empty = Default::default();
-    let known = catalog.get(repo).unwrap_or(&empty);
+    let known = listing.get(repo).unwrap_or(&empty);
     if current.is_empty() && known.images.is_empty() {
         return Err(InventoryError::UnknownRepository {
             repository: repo.clone(),
@@ -364,7 +364,7 @@ pub async fn repository(
                     .and_then(|r| r.tags.get(tag))
                     .is_some_and(|d| d == digest)
             })
-            .map(|s| s.taken_at);
+            .map(|s| s.observed_at);
         tags.push(TagSummary {
             tag: tag.clone(),
             digest: digest.clone(),
@@ -406,8 +406,9 @@ pub async fn repository(
 pub struct SnapshotSummary {
     /// The run's id (what `--snapshot` takes).
     pub id: String,
-    /// When the registry was enumerated.
-    pub taken_at: DateTime<Utc>,
+    /// When the registry was enumerated (`observed_at` in the JSON output).
+    #[serde(rename = "taken_at")]
+    pub observed_at: DateTime<Utc>,
     /// The registry.
     pub source: String,
     /// Snapshot parts found.
@@ -438,7 +439,7 @@ pub async fn snapshots(store: &Store) -> Result<Vec<SnapshotSummary>, InventoryE
                 parts: run.parts.len(),
                 complete: run.is_complete(),
                 id: run.id,
-                taken_at: run.taken_at,
+                observed_at: run.observed_at,
                 source: run.source,
             }
         })

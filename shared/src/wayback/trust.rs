@@ -12,7 +12,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::store::{observed_after_run, Catalog, Layout, Store, StoreError};
+use crate::store::{observed_after_run, Layout, Listing, Store, StoreError};
 use crate::wayback::inventory::TagView;
 use crate::wayback::restore::RestoreImage;
 
@@ -30,7 +30,7 @@ pub struct LateRecord {
 /// and each tag record that sets a tag the snapshot does not already give. Oldest first.
 pub async fn records_written_after(
     store: &Store,
-    catalog: &Catalog,
+    listing: &Listing,
     view: &TagView,
     images: &[RestoreImage],
     at: Option<DateTime<Utc>>,
@@ -48,7 +48,7 @@ pub async fn records_written_after(
         }
     }
     for image in images {
-        let known = catalog.get(&image.repository);
+        let known = listing.get(&image.repository);
         match known.and_then(|c| c.images.get(&image.digest)) {
             Some(written_at) => note(Layout::image(&image.repository, &image.digest), *written_at),
             // Not backed up: the restore reports the image as failed, with nothing to trust.
@@ -69,7 +69,7 @@ pub async fn records_written_after(
                     && view
                         .snapshot
                         .as_ref()
-                        .is_none_or(|s| observed_after_run(e.observed_at, s.taken_at))
+                        .is_none_or(|s| observed_after_run(e.observed_at, s.observed_at))
             });
             if let Some(e) = entry {
                 note(

@@ -235,13 +235,13 @@ pub async fn verify(
         Some(id) => Some(inventory::complete_run(store, id).await?.snapshot()),
         None => None,
     };
-    let catalog = store.catalog(None).await?;
+    let listing = store.listing(None).await?;
 
     // Tags currently on each image, to name what a problem breaks.
     let mut current_tags: BTreeMap<(RepositoryName, Digest), Vec<Tag>> = BTreeMap::new();
     let mut dangling_tags = Vec::new();
     let mut tags_checked = 0;
-    for (repo, c) in &catalog {
+    for (repo, c) in &listing {
         for (tag, entries) in &c.tags {
             if let Some(latest) = entries.last() {
                 current_tags
@@ -272,7 +272,7 @@ pub async fn verify(
     };
 
     // Every image record, and every blob they reference.
-    let keys: Vec<(RepositoryName, Digest)> = catalog
+    let keys: Vec<(RepositoryName, Digest)> = listing
         .iter()
         .flat_map(|(repo, c)| c.images.keys().map(move |d| (repo.clone(), d.clone())))
         .collect();
@@ -416,7 +416,7 @@ pub async fn verify(
     let mut missing_images = Vec::new();
     if let Some(snapshot) = &snapshot {
         for (repo, r) in &snapshot.repositories {
-            let has = |d: &Digest| catalog.get(repo).is_some_and(|c| c.images.contains_key(d));
+            let has = |d: &Digest| listing.get(repo).is_some_and(|c| c.images.contains_key(d));
             let mut digests: BTreeSet<&Digest> = r.images.iter().collect();
             digests.extend(r.tags.values());
             for digest in digests {

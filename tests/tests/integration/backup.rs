@@ -51,8 +51,8 @@ async fn corpus_backs_up_into_a_directory_and_into_s3_with_every_digest_kept() {
         );
 
         // Every tag resolves to the source's digest.
-        let catalog = store.catalog(None).await.unwrap();
-        let view = tag_view(store, &catalog, None).await.unwrap();
+        let listing = store.listing(None).await.unwrap();
+        let view = tag_view(store, &listing, None).await.unwrap();
         let expected = corpus.tags();
         let got: BTreeMap<_, _> = view
             .into_iter()
@@ -197,7 +197,7 @@ async fn a_blob_that_does_not_match_its_digest_is_never_stored() {
         "image recorded"
     );
     assert!(store
-        .catalog(None)
+        .listing(None)
         .await
         .unwrap()
         .get(&repo)
@@ -527,7 +527,7 @@ async fn a_run_reads_back_no_record_or_manifest_it_wrote_and_only_the_newest_sna
             .unwrap();
     let listed = index["manifests"].as_array().unwrap();
     let tagged: usize = store
-        .catalog(None)
+        .listing(None)
         .await
         .unwrap()
         .values()

@@ -420,8 +420,8 @@ async fn tags_named_like_record_directories_and_names_at_their_limits() {
     for store in [&store, &s3] {
         let report = backup_prefix(&servers.registry, None, &prefix, store).await;
         assert!(report.is_success(), "{:?}", report.images_failed);
-        let catalog = store.catalog(None).await.unwrap();
-        let view = ecr_backup_shared::store::tag_view::tag_view(store, &catalog, None)
+        let listing = store.listing(None).await.unwrap();
+        let view = ecr_backup_shared::store::tag_view::tag_view(store, &listing, None)
             .await
             .unwrap();
         for tag in &tags {
@@ -433,7 +433,7 @@ async fn tags_named_like_record_directories_and_names_at_their_limits() {
             );
         }
         assert_eq!(
-            catalog[&repo].tags.len(),
+            listing[&repo].tags.len(),
             tags.len(),
             "{}",
             store.location()
@@ -473,7 +473,7 @@ async fn tags_named_like_record_directories_and_names_at_their_limits() {
     let dir_error = store.put_tag_record(&record).await.unwrap_err().to_string();
     assert!(dir_error.contains("repositories/aaaa"), "{dir_error}");
     s3.put_tag_record(&record).await.unwrap();
-    assert!(s3.catalog(Some(&long)).await.unwrap().contains_key(&long));
+    assert!(s3.listing(Some(&long)).await.unwrap().contains_key(&long));
     assert_only_layout_objects(dir.path());
     let listed = client
         .list_objects_v2()
@@ -559,12 +559,12 @@ async fn names_a_registry_lists_that_would_escape_the_store_are_skipped() {
     assert!(report.is_success(), "{:?}", report.images_failed);
     assert_eq!(report.images_copied, 1);
     assert!(proxy.faults_injected() >= 2, "the listings were rewritten");
-    let catalog = store.catalog(None).await.unwrap();
+    let listing = store.listing(None).await.unwrap();
     assert_eq!(
-        catalog.keys().cloned().collect::<Vec<_>>(),
+        listing.keys().cloned().collect::<Vec<_>>(),
         vec![repo.clone()]
     );
-    let tags: Vec<&Tag> = catalog[&repo].tags.keys().collect();
+    let tags: Vec<&Tag> = listing[&repo].tags.keys().collect();
     assert_eq!(tags, vec![&"v1".parse::<Tag>().unwrap()]);
     assert!(store
         .image_record(&repo, &image.digest)

@@ -144,8 +144,8 @@ fn tagged_blobs(corpus: &Corpus) -> BTreeMap<String, u64> {
 
 /// The tag view of a store, as the corpus's tags are compared with it.
 async fn tags_of(store: &Store) -> BTreeMap<(RepositoryName, Tag), Digest> {
-    let catalog = store.catalog(None).await.unwrap();
-    tag_view(store, &catalog, None).await.unwrap()
+    let listing = store.listing(None).await.unwrap();
+    tag_view(store, &listing, None).await.unwrap()
 }
 
 /// Files left in a directory store's `tmp/`.
@@ -168,7 +168,7 @@ async fn throttling_and_5xx_storms_on_the_registry_end_in_a_complete_backup_with
         .await
         .unwrap();
     let proxy = registry_proxy(&servers).await;
-    // The first request of the run (the catalog) is throttled with Retry-After: 2, so the
+    // The first request of the run (the registry's `_catalog`) is throttled with Retry-After: 2, so the
     // whole run must wait that long.
     proxy.add_rule(Rule::new(
         "GET",
@@ -455,10 +455,10 @@ async fn a_blob_corrupted_on_every_attempt_is_never_stored_and_once_is_retried()
         .await
         .unwrap()
         .is_some());
-    let catalog = store.catalog(Some(&repo)).await.unwrap();
+    let listing = store.listing(Some(&repo)).await.unwrap();
     let bad_tag: Tag = "bad".parse().unwrap();
     assert!(
-        !catalog[&repo].tags.contains_key(&bad_tag),
+        !listing[&repo].tags.contains_key(&bad_tag),
         "the failed image's tag was recorded"
     );
     let root = dir.path().join("store");
@@ -827,8 +827,8 @@ type StoreState = (
 );
 
 async fn state_of(store: &Store, repo: &RepositoryName) -> StoreState {
-    let catalog = store.catalog(Some(repo)).await.unwrap();
-    let r = &catalog[repo];
+    let listing = store.listing(Some(repo)).await.unwrap();
+    let r = &listing[repo];
     let images = r.images.keys().cloned().collect();
     let log = r
         .tags
@@ -839,7 +839,7 @@ async fn state_of(store: &Store, repo: &RepositoryName) -> StoreState {
                 .map(move |e| (t.clone(), e.digest.clone(), e.observed_at))
         })
         .collect();
-    (images, log, tag_view(store, &catalog, None).await.unwrap())
+    (images, log, tag_view(store, &listing, None).await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]

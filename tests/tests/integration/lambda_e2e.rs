@@ -976,16 +976,16 @@ async fn a_push_in_the_same_second_as_the_snapshot_wins_over_the_snapshot() {
     let report = lab.run_fanout().await;
     let run_id = report["run_id"].as_str().unwrap().to_owned();
     let snapshot = lab.snapshot(&run_id).await;
-    let taken_at: DateTime<Utc> = snapshot["taken_at"]
+    let observed_at: DateTime<Utc> = snapshot["observed_at"]
         .as_str()
         .unwrap()
         .parse()
-        .expect("taken_at is RFC 3339");
+        .expect("observed_at is RFC 3339");
 
     // Pushed after the run listed ECR; EventBridge times have whole seconds, and this one
     // falls in the snapshot's second.
     let after = lab.push(&app, &["v1"], 22_000, Format::Oci).await;
-    let event_time = taken_at.trunc_subsecs(0);
+    let event_time = observed_at.trunc_subsecs(0);
     lab.send(&lab.push_event(&app, &after.digest, "v1", event_time))
         .await;
     lab.drain_cleanly().await;
@@ -998,7 +998,7 @@ async fn a_push_in_the_same_second_as_the_snapshot_wins_over_the_snapshot() {
          in the same second as the snapshot's takenAt {}), not on {} (what the snapshot saw)",
         after.digest,
         event_time.to_rfc3339(),
-        taken_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        observed_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         before.digest
     );
     lab.restore(&[]).await;

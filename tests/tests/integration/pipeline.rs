@@ -242,8 +242,8 @@ impl Pipeline {
     }
 
     async fn tags_in_store(&self) -> BTreeMap<(RepositoryName, Tag), Digest> {
-        let catalog = self.store.catalog(None).await.unwrap();
-        tag_view(&self.store, &catalog, None).await.unwrap()
+        let listing = self.store.listing(None).await.unwrap();
+        tag_view(&self.store, &listing, None).await.unwrap()
     }
 }
 
@@ -567,9 +567,9 @@ async fn ecr_push_event_backs_up_exactly_that_image_and_delete_deletes_nothing()
     p.send_body(&push_event("DELETE", &repo, &one.digest, "v1"))
         .await;
     p.drain().await;
-    let catalog = p.store.catalog(Some(&repo)).await.unwrap();
+    let listing = p.store.listing(Some(&repo)).await.unwrap();
     assert!(
-        catalog[&repo].deleted.contains_key(&one.digest),
+        listing[&repo].deleted.contains_key(&one.digest),
         "deletion recorded"
     );
     assert!(

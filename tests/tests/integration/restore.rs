@@ -460,7 +460,7 @@ async fn restore_as_of_gives_the_tag_its_old_digest() -> Result<()> {
         .snapshot(&first.snapshot)
         .await?
         .context("the first snapshot")?
-        .taken_at;
+        .observed_at;
     // Snapshot ids name the second they were taken in.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let new = push_image(

@@ -42,7 +42,7 @@ pub(super) async fn resolve(
     point: &PointInTime,
 ) -> Result<Digest, ExportError> {
     let repo = image.repository();
-    let catalog = store.catalog(Some(repo)).await?;
+    let listing = store.listing(Some(repo)).await?;
     let unknown = || ExportError::UnknownImage {
         image: image.to_string(),
         store: store.location(),
@@ -51,7 +51,7 @@ pub(super) async fn resolve(
     let digest = match image {
         ImageReference::Digest(_, d) => d.clone(),
         ImageReference::Tag(_, tag) => {
-            let view = inventory::view_at(store, &catalog, point).await?;
+            let view = inventory::view_at(store, &listing, point).await?;
             view.tags
                 .get(&(repo.clone(), tag.clone()))
                 .cloned()
@@ -59,7 +59,7 @@ pub(super) async fn resolve(
         }
     };
     // Only images whose record exists are whole in the store.
-    if !catalog
+    if !listing
         .get(repo)
         .is_some_and(|c| c.images.contains_key(&digest))
     {

@@ -280,8 +280,8 @@ pub async fn run(
             target: target.name().to_owned(),
             source,
         })?;
-    let catalog = store.catalog(None).await?;
-    let view = inventory::view_at(store, &catalog, &options.point).await?;
+    let listing = store.listing(None).await?;
+    let view = inventory::view_at(store, &listing, &options.point).await?;
     let images = select(&view, options)?;
     if let Some(trusted_before) = options.trusted_before {
         let at = match &options.point {
@@ -289,7 +289,7 @@ pub async fn run(
             _ => None,
         };
         let records =
-            trust::records_written_after(store, &catalog, &view, &images, at, trusted_before)
+            trust::records_written_after(store, &listing, &view, &images, at, trusted_before)
                 .await?;
         if !records.is_empty() {
             return Err(RestoreError::Untrusted {
