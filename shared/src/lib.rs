@@ -40,3 +40,95 @@ pub use oci::digest::Digest;
 pub use oci::names::{RepositoryName, Tag};
 pub use source::registry::RegistryClient;
 pub use store::Store;
+
+/// The table above, checked: a module may name (outside comments) only the modules its
+/// row allows, so the layering cannot drift unnoticed.
+#[cfg(test)]
+mod layering {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// Modules at the root that every layer may use.
+    const BASE: &[&str] = &[
+        "oci", "stream", "failure", "error", "filter", "progress", "aws", "memory",
+    ];
+
+    fn allowed(module: &str) -> Vec<&'static str> {
+        let above: &[&str] = match module {
+            "oci" => return vec![],
+            "stream" | "failure" | "filter" | "error" | "progress" | "aws" | "memory" => {
+                return vec!["oci"]
+            }
+            "source" | "store" => &[],
+            "copy" => &["source", "store"],
+            "backup" => &["copy", "source", "store"],
+            "pipeline" => &["backup", "copy", "source", "store"],
+            "wayback" => &["copy", "source", "store"],
+            other => panic!("module {other} is not in the table of lib.rs"),
+        };
+        BASE.iter().chain(above).copied().collect()
+    }
+
+    /// Every `crate::X` a file names outside comments.
+    fn used(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            for (i, _) in code.match_indices("crate::") {
+                let rest = &code[i + "crate::".len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    out.insert(name);
+                }
+            }
+        }
+        out
+    }
+
+    fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn dependencies_run_one_way() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut all = Vec::new();
+        files(&src, &mut all);
+        let mut breaches = Vec::new();
+        for path in all {
+            let relative = path.strip_prefix(&src).unwrap();
+            let first = relative.components().next().unwrap();
+            let module = first.as_os_str().to_str().unwrap().trim_end_matches(".rs");
+            if module == "lib" {
+                continue;
+            }
+            let allowed = allowed(module);
+            for name in used(&std::fs::read_to_string(&path).unwrap()) {
+                if name != module && !allowed.contains(&name.as_str()) {
+                    breaches.push(format!("{} uses crate::{name}", relative.display()));
+                }
+            }
+        }
+        assert!(breaches.is_empty(), "{breaches:#?}");
+    }
+
+    /// The check sees a breach (so it cannot pass by reading nothing).
+    #[test]
+    fn a_use_of_a_higher_layer_is_seen() {
+        let text = "use crate::oci::digest::Digest;\n// crate::copy in a comment\nuse crate::pipeline::queue::SqsQueue;";
+        let names = used(text);
+        assert!(names.contains("pipeline") && names.contains("oci"));
+        assert!(!names.contains("copy"));
+        assert!(!allowed("store").contains(&"pipeline"));
+    }
+}
