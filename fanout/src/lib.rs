@@ -8,7 +8,6 @@ use ecr_backup_shared::pipeline::config::FanoutConfig;
 use ecr_backup_shared::pipeline::fanout::{fan_out, FanoutReport, FanoutRun};
 use ecr_backup_shared::pipeline::metrics::{self, Metric};
 use ecr_backup_shared::pipeline::queue::SqsQueue;
-use ecr_backup_shared::source::ecr::EcrApi;
 use ecr_backup_shared::source::Source;
 use ecr_backup_shared::Store;
 
@@ -29,12 +28,9 @@ impl FanoutContext {
         let config = FanoutConfig::from_env()?;
         let store = Store::open(&config.store).await;
         let queue = SqsQueue::new(SqsQueue::client_from_env().await, config.queue_url.clone());
-        let api = EcrApi::from_env(None, None).await;
-        let endpoint = api
-            .proxy_endpoint()
+        let source = Source::own_ecr(config.registry_endpoint.as_deref())
             .await
             .context("finding the ECR registry")?;
-        let source = Source::connect(&endpoint, config.registry_endpoint.as_deref(), None).await?;
         Ok(FanoutContext {
             source,
             store,

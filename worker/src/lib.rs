@@ -13,7 +13,6 @@ use ecr_backup_shared::pipeline::config::WorkerConfig;
 use ecr_backup_shared::pipeline::metrics::{self, Metric};
 use ecr_backup_shared::pipeline::queue::SqsQueue;
 use ecr_backup_shared::pipeline::worker::{BatchItem, Worker};
-use ecr_backup_shared::source::ecr::EcrApi;
 use ecr_backup_shared::source::Source;
 use ecr_backup_shared::Store;
 
@@ -50,12 +49,9 @@ impl WorkerContext {
             }
             None => None,
         };
-        let api = EcrApi::from_env(None, None).await;
-        let endpoint = api
-            .proxy_endpoint()
+        let source = Source::own_ecr(config.registry_endpoint.as_deref())
             .await
             .context("finding the ECR registry")?;
-        let source = Source::connect(&endpoint, config.registry_endpoint.as_deref(), None).await?;
         let engine = CopyEngine::for_source(&source, store);
         Ok(WorkerContext {
             worker: Arc::new(

@@ -4,6 +4,9 @@
 //! blobs (configs, layers) → child manifests → the top manifest → the image record → tag
 //! records. Every blob is verified before it becomes visible, so a record never points at
 //! a missing or corrupt blob.
+//!
+//! Owns: copying one image, its referrers and tags, with bounded transfers and retries of
+//! broken bodies. May use: `source` (to pull), `store` (to write), and the root modules.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -86,6 +86,14 @@ impl Source {
         })
     }
 
+    /// The ECR registry of the account and region the AWS configuration names (the
+    /// Lambdas' own), its data plane reached at `endpoint` when given.
+    pub async fn own_ecr(endpoint: Option<&str>) -> Result<Source, SourceError> {
+        let api = EcrApi::from_env(None, None).await;
+        let host = api.proxy_endpoint().await?;
+        Source::connect(&host, endpoint, None).await
+    }
+
     /// A source from parts already built (tests, Lambdas).
     pub fn from_parts(name: String, registry: RegistryClient, ecr: Option<EcrApi>) -> Source {
         Source {

@@ -1,7 +1,13 @@
 //! The backup store: one small [`Backend`] trait for "a place objects live" (a local
 //! directory or an S3 prefix), and [`Store`], which lays the backup repository out on it.
 //!
-//! The layout and its invariants are specified in `docs/format.md`.
+//! The layout and its invariants are specified in `docs/format.md`: keys in
+//! [`Layout`], record types in [`records`], runs and their parts in `runs.rs`, tags as of a
+//! time and the root `index.json` in [`tag_view`].
+//!
+//! Owns: every object of a backup repository and the rules for writing it (verified,
+//! create-only). May use: `oci`, `stream`, `aws`; never `source` or `copy`, so a store can
+//! be read without a registry.
 
 // Compiled only for tests, so the Lambda binaries do not carry it.
 #[cfg(any(test, feature = "testing"))]

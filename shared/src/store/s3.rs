@@ -242,6 +242,28 @@ impl S3Backend {
             .map_err(|e| s3_error("CreateMultipartUpload", key, e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_owned();
 
+        // One part's request, sent when polled; its answer is what completion lists.
+        let upload_part = |number: i32, body: Bytes| {
+            let request = self
+                .client
+                .upload_part()
+                .bucket(&self.location.bucket)
+                .key(&full_key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .body(S3Body::from(body));
+            async move {
+                request.send().await.map(|out| {
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_owned))
+                        .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+                        .build()
+                })
+            }
+            .boxed()
+        };
         let result = async {
             let mut parts = Vec::new();
             let mut in_flight = FuturesOrdered::new();
@@ -252,28 +274,7 @@ impl S3Backend {
             buffer.reserve(PART_SIZE);
             loop {
                 if let Some(part) = pending.take() {
-                    let req = self
-                        .client
-                        .upload_part()
-                        .bucket(&self.location.bucket)
-                        .key(&full_key)
-                        .upload_id(&upload_id)
-                        .part_number(part_number)
-                        .checksum_algorithm(ChecksumAlgorithm::Crc32)
-                        .body(S3Body::from(part));
-                    let n = part_number;
-                    in_flight.push_back(
-                        async move {
-                            req.send().await.map(|out| {
-                                CompletedPart::builder()
-                                    .part_number(n)
-                                    .set_e_tag(out.e_tag().map(str::to_owned))
-                                    .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
-                                    .build()
-                            })
-                        }
-                        .boxed(),
-                    );
+                    in_flight.push_back(upload_part(part_number, part));
                     part_number += 1;
                     while in_flight.len() >= PARTS_IN_FLIGHT {
                         let done = in_flight.next().await.expect("non-empty");
@@ -293,28 +294,7 @@ impl S3Backend {
                 }
             }
             if !buffer.is_empty() {
-                let req = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.location.bucket)
-                    .key(&full_key)
-                    .upload_id(&upload_id)
-                    .part_number(part_number)
-                    .checksum_algorithm(ChecksumAlgorithm::Crc32)
-                    .body(S3Body::from(buffer.freeze()));
-                let n = part_number;
-                in_flight.push_back(
-                    async move {
-                        req.send().await.map(|out| {
-                            CompletedPart::builder()
-                                .part_number(n)
-                                .set_e_tag(out.e_tag().map(str::to_owned))
-                                .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
-                                .build()
-                        })
-                    }
-                    .boxed(),
-                );
+                in_flight.push_back(upload_part(part_number, buffer.freeze()));
             }
             // `rest` was verified to its end before the last parts finish: a mismatch
             // never completes the upload.
