@@ -13,14 +13,13 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
 use crate::backup::{BackupError, Plan, Planner};
-use crate::filter::FilterSpec;
 use crate::oci::names::RepositoryName;
-use crate::pipeline::message::{Message, Reason, MESSAGE_VERSION};
+pub use crate::pipeline::message::FanoutRun;
+use crate::pipeline::message::{Message, Reason};
 use crate::pipeline::queue::{QueueError, SqsQueue, SEND_BATCH_SIZE};
 use crate::source::Source;
 use crate::store::records::Snapshot;
@@ -42,39 +41,6 @@ pub enum FanoutError {
     /// A filter pattern does not compile.
     #[error(transparent)]
     Filter(#[from] crate::filter::FilterError),
-}
-
-/// Which part of which run to do.
-#[derive(Debug, Clone)]
-pub struct FanoutRun {
-    /// The run id (also the first snapshot part's id).
-    pub run_id: String,
-    /// The part to do.
-    pub part: u32,
-    /// Start after this repository (continuations).
-    pub after: Option<RepositoryName>,
-    /// When the run started: every part describes the registry "as of" this time.
-    pub observed_at: DateTime<Utc>,
-    /// Repository and tag selection.
-    pub filter: FilterSpec,
-    /// Most repositories one part enumerates (`None`: only the time budget cuts a part).
-    pub part_repositories: Option<u32>,
-}
-
-impl FanoutRun {
-    /// A new run starting now.
-    pub fn start(filter: FilterSpec, part_repositories: Option<u32>) -> FanoutRun {
-        let observed_at = Utc::now();
-        let id = Snapshot::new(String::new(), observed_at).id;
-        FanoutRun {
-            run_id: id,
-            part: 0,
-            after: None,
-            observed_at,
-            filter,
-            part_repositories,
-        }
-    }
 }
 
 /// What a fan-out invocation did (logged, and emitted as metrics).
@@ -232,15 +198,7 @@ pub async fn fan_out(
     match continue_after {
         Some(after) => {
             queue
-                .send(&[Message::ContinueFanout {
-                    version: MESSAGE_VERSION,
-                    run_id: run.run_id.clone(),
-                    part: run.part + 1,
-                    after: after.clone(),
-                    observed_at: run.observed_at,
-                    filter: run.filter.clone(),
-                    part_repositories: run.part_repositories,
-                }])
+                .send(&[Message::continue_fanout(&run.next(after.clone()))])
                 .await?;
             report.continued_after = Some(after);
         }

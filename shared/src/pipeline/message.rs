@@ -17,6 +17,7 @@ use crate::copy::CopyRequest;
 use crate::filter::FilterSpec;
 use crate::oci::digest::Digest;
 use crate::oci::names::{RepositoryName, Tag};
+use crate::store::records::Snapshot;
 
 /// The schema version this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;
@@ -97,6 +98,49 @@ pub enum Message {
     },
 }
 
+/// Which part of which fan-out run to do: what a `continue-fanout` message carries, and
+/// what the fan-out Lambda starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutRun {
+    /// The run id (also the first snapshot part's id).
+    pub run_id: String,
+    /// The part to do.
+    pub part: u32,
+    /// Start after this repository (continuations).
+    pub after: Option<RepositoryName>,
+    /// When the run started: every part describes the registry "as of" this time.
+    pub observed_at: DateTime<Utc>,
+    /// Repository and tag selection.
+    pub filter: FilterSpec,
+    /// Most repositories one part enumerates (`None`: only the time budget cuts a part).
+    pub part_repositories: Option<u32>,
+}
+
+impl FanoutRun {
+    /// A new run starting now.
+    pub fn start(filter: FilterSpec, part_repositories: Option<u32>) -> FanoutRun {
+        let observed_at = Utc::now();
+        let id = Snapshot::new(String::new(), observed_at).id;
+        FanoutRun {
+            run_id: id,
+            part: 0,
+            after: None,
+            observed_at,
+            filter,
+            part_repositories,
+        }
+    }
+
+    /// The part after this one, starting after repository `after`.
+    pub fn next(&self, after: RepositoryName) -> FanoutRun {
+        FanoutRun {
+            part: self.part + 1,
+            after: Some(after),
+            ..self.clone()
+        }
+    }
+}
+
 /// What the worker is asked to do, whatever the message's form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Task {
@@ -118,21 +162,8 @@ pub enum Task {
         /// When it was deleted.
         deleted_at: DateTime<Utc>,
     },
-    /// Continue a fan-out.
-    ContinueFanout {
-        /// The run.
-        run_id: String,
-        /// The part to do now.
-        part: u32,
-        /// The last repository already done.
-        after: RepositoryName,
-        /// When the run started.
-        observed_at: DateTime<Utc>,
-        /// The run's selection.
-        filter: FilterSpec,
-        /// Most repositories one part may enumerate.
-        part_repositories: Option<u32>,
-    },
+    /// Continue a fan-out (its `after` is always set).
+    ContinueFanout(FanoutRun),
     /// An event this worker does not act on (a failed push, another action); acknowledged.
     Ignore {
         /// Why it is ignored.
@@ -198,6 +229,22 @@ impl Message {
         serde_json::to_string(self).expect("messages serialize")
     }
 
+    /// The message that continues `run` (whose `after` is set) with its next part.
+    pub fn continue_fanout(run: &FanoutRun) -> Message {
+        Message::ContinueFanout {
+            version: MESSAGE_VERSION,
+            run_id: run.run_id.clone(),
+            part: run.part,
+            after: run
+                .after
+                .clone()
+                .expect("a continuation starts after a repository"),
+            observed_at: run.observed_at,
+            filter: run.filter.clone(),
+            part_repositories: run.part_repositories,
+        }
+    }
+
     /// The message as it should be sent again after a redrive.
     pub fn into_task(self) -> Task {
         match self {
@@ -225,14 +272,14 @@ impl Message {
                 filter,
                 part_repositories,
                 ..
-            } => Task::ContinueFanout {
+            } => Task::ContinueFanout(FanoutRun {
                 run_id,
                 part,
-                after,
+                after: Some(after),
                 observed_at,
                 filter,
                 part_repositories,
-            },
+            }),
         }
     }
 }

@@ -256,16 +256,17 @@ fn summarize(body: &str) -> String {
         Ok(Task::RecordDeletion {
             repository, digest, ..
         }) => format!("record deletion of {repository}@{digest}"),
-        Ok(Task::ContinueFanout { run_id, after, .. }) => {
-            format!("continue fan-out {run_id} after {after}")
-        }
+        Ok(Task::ContinueFanout(run)) => match &run.after {
+            Some(after) => format!("continue fan-out {} after {after}", run.run_id),
+            None => format!("continue fan-out {}", run.run_id),
+        },
         Ok(Task::Ignore { why }) => format!("ignored event: {why}"),
         Err(e) => {
             let mut start: String = body.chars().take(80).collect();
             if body.len() > start.len() {
                 start.push('…');
             }
-            format!("unreadable ({e}): {start:?}")
+            format!("unreadable ({}): {start:?}", crate::error::error_chain(&e))
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::error::error_chain;
 use crate::filter::ImageFilter;
 use crate::oci::digest::Digest;
 use crate::oci::names::RepositoryName;
-use crate::pipeline::fanout::{fan_out, FanoutError, FanoutReport, FanoutRun};
+use crate::pipeline::fanout::{fan_out, FanoutError, FanoutReport};
 use crate::pipeline::message::{self, MessageError, Reason, Task};
 use crate::pipeline::queue::{
     OutgoingMessage, QueueError, SqsQueue, ERROR_ATTRIBUTE, FAILED_AT_ATTRIBUTE,
@@ -258,22 +258,7 @@ impl Worker {
                     .await?;
                 Ok(TaskOutcome::DeletionRecorded)
             }
-            Task::ContinueFanout {
-                run_id,
-                part,
-                after,
-                observed_at,
-                filter,
-                part_repositories,
-            } => {
-                let run = FanoutRun {
-                    run_id,
-                    part,
-                    after: Some(after),
-                    observed_at,
-                    filter,
-                    part_repositories,
-                };
+            Task::ContinueFanout(run) => {
                 let report = fan_out(
                     &self.source,
                     self.engine.store(),
