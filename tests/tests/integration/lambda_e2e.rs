@@ -976,11 +976,11 @@ async fn a_push_in_the_same_second_as_the_snapshot_wins_over_the_snapshot() {
     let report = lab.run_fanout().await;
     let run_id = report["run_id"].as_str().unwrap().to_owned();
     let snapshot = lab.snapshot(&run_id).await;
-    let observed_at: DateTime<Utc> = snapshot["observed_at"]
+    let observed_at: DateTime<Utc> = snapshot["taken_at"]
         .as_str()
         .unwrap()
         .parse()
-        .expect("observed_at is RFC 3339");
+        .expect("taken_at is RFC 3339");
 
     // Pushed after the run listed ECR; EventBridge times have whole seconds, and this one
     // falls in the snapshot's second.

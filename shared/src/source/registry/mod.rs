@@ -11,7 +11,7 @@
 //! Written on `reqwest` rather than `oci-client` because a backup needs what that crate
 //! does not offer together: `_catalog` enumeration, the raw `Accept`/`Content-Type` of
 //! every manifest kind (schema 1 and artifacts included) kept byte-exact, request-level
-//! retries with `Retry-After`, chunked streaming pushes from a store, and credentials that
+//! retries with `Retry-After`, streaming pushes from a store (one PATCH per blob, never buffered whole), and credentials that
 //! an ECR token source refreshes on a 401.
 //!
 //! Redirects (ECR answers blob GETs with a 307 to presigned S3) are followed by reqwest,
