@@ -1,12 +1,12 @@
 //! `ecr-backup backup`: copy every selected image of a registry into a store.
 
+use super::credentials::{self, CredentialFlags};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ecr_backup_shared::backup::{self, BackupReport, RunOptions};
 use ecr_backup_shared::copy::{CopyEngine, CopyOptions};
 use ecr_backup_shared::filter::ImageFilter;
-use ecr_backup_shared::source::registry::Credentials;
 use ecr_backup_shared::source::Source;
 use ecr_backup_shared::store::{Store, StoreLocation};
 
@@ -27,9 +27,22 @@ pub struct Args {
     /// Reach the registry's data plane at this URL instead (a proxy, a local mirror).
     #[arg(long, env = "ECR_BACKUP_REGISTRY_ENDPOINT")]
     registry_endpoint: Option<String>,
-    /// Registry credentials as `USER:PASSWORD` (ECR logs in by itself).
+    /// Registry credentials as `USER:PASSWORD` (ECR logs in by itself). Without them,
+    /// the credentials of docker and podman/skopeo are used (`--authfile`,
+    /// `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
+    /// `~/.docker/config.json` with its credential helpers); `-v` says which.
     #[arg(long, env = "ECR_BACKUP_SOURCE_CREDENTIALS", hide_env_values = true)]
     credentials: Option<String>,
+    /// User name for `--password-stdin`.
+    #[arg(long, requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the registry password from stdin (with `--username`).
+    #[arg(long, conflicts_with = "credentials")]
+    password_stdin: bool,
+    /// Read registry credentials from this file only (a containers `auth.json` or a
+    /// Docker `config.json`).
+    #[arg(long, value_name = "PATH", conflicts_with = "credentials")]
+    authfile: Option<std::path::PathBuf>,
     /// Only repositories matching this glob (repeatable).
     #[arg(long = "repository", value_name = "GLOB")]
     repositories: Vec<String>,
@@ -60,12 +73,15 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         &args.exclude_repositories,
         args.tag.as_deref(),
     )?;
-    let credentials = match &args.credentials {
-        Some(text) => Some(
-            Credentials::from_user_password(text).context("--credentials must be USER:PASSWORD")?,
-        ),
-        None => None,
-    };
+    let credentials = credentials::resolve(
+        &args.source,
+        &CredentialFlags {
+            user_password: args.credentials.as_deref().map(|c| (c, "--credentials")),
+            username: args.username.as_deref(),
+            password_stdin: args.password_stdin,
+            authfile: args.authfile.as_ref(),
+        },
+    )?;
     let location = StoreLocation::parse(&args.store)?;
     let store = Store::open(&location).await;
     let source =

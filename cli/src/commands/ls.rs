@@ -53,7 +53,7 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
             println!(
                 "{:<24}  {:<19}  {:<10}  {:>5}  {:>6}  {:>5}  {}",
                 s.id,
-                time(Some(s.taken_at)),
+                time(Some(s.observed_at)),
                 parts,
                 s.repositories,
                 s.images,

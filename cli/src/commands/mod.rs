@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod backup;
+mod credentials;
 mod dlq;
 mod export;
 mod ls;

@@ -1,10 +1,10 @@
 //! `ecr-backup restore`: push images from a store into a registry, digests unchanged.
 
+use super::credentials::{self, CredentialFlags};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ecr_backup_shared::filter::ImageFilter;
-use ecr_backup_shared::source::registry::Credentials;
 use ecr_backup_shared::source::Source;
 use ecr_backup_shared::store::{Store, StoreLocation};
 use ecr_backup_shared::wayback::inventory::{parse_time, PointInTime};
@@ -27,9 +27,20 @@ pub struct Args {
     /// Reach the target's data plane at this URL instead (a proxy, a local mirror).
     #[arg(long, env = "ECR_BACKUP_TARGET_ENDPOINT")]
     target_endpoint: Option<String>,
-    /// Target credentials as `USER:PASSWORD` (ECR logs in by itself).
+    /// Target credentials as `USER:PASSWORD` (ECR logs in by itself). Without them, the
+    /// credentials of docker and podman/skopeo are used, as for `backup`.
     #[arg(long, env = "ECR_BACKUP_TARGET_CREDENTIALS", hide_env_values = true)]
     target_credentials: Option<String>,
+    /// User name for `--password-stdin`.
+    #[arg(long, requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the target registry's password from stdin (with `--username`).
+    #[arg(long, conflicts_with = "target_credentials")]
+    password_stdin: bool,
+    /// Read target credentials from this file only (a containers `auth.json` or a Docker
+    /// `config.json`).
+    #[arg(long, value_name = "PATH", conflicts_with = "target_credentials")]
+    authfile: Option<std::path::PathBuf>,
     /// Only repositories matching this glob (repeatable).
     #[arg(long = "repository", value_name = "GLOB")]
     repositories: Vec<String>,
@@ -84,13 +95,18 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         .map(parse_time)
         .transpose()
         .context("--trusted-before")?;
-    let credentials = match &args.target_credentials {
-        Some(text) => Some(
-            Credentials::from_user_password(text)
-                .context("--target-credentials must be USER:PASSWORD")?,
-        ),
-        None => None,
-    };
+    let credentials = credentials::resolve(
+        &args.target,
+        &CredentialFlags {
+            user_password: args
+                .target_credentials
+                .as_deref()
+                .map(|c| (c, "--target-credentials")),
+            username: args.username.as_deref(),
+            password_stdin: args.password_stdin,
+            authfile: args.authfile.as_ref(),
+        },
+    )?;
     let store = Store::open(&StoreLocation::parse(&args.store)?).await;
     let target = Source::connect(&args.target, args.target_endpoint.as_deref(), credentials)
         .await

@@ -3,6 +3,7 @@ mod bad_input;
 mod common;
 mod concurrency;
 mod corpus_smoke;
+mod credentials;
 mod export;
 mod faults;
 mod format_example;

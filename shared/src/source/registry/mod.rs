@@ -8,11 +8,14 @@
 //! A client for the OCI distribution API: manifests by digest as exact bytes, streamed
 //! blobs, pushes, enumeration, with auth and retries.
 //!
+//! [`auth_files`] finds the credentials people already have (docker's and podman's files,
+//! credential helpers).
+//!
 //! Written on `reqwest` rather than `oci-client` because a backup needs what that crate
 //! does not offer together: `_catalog` enumeration, the raw `Accept`/`Content-Type` of
 //! every manifest kind (schema 1 and artifacts included) kept byte-exact, request-level
-//! retries with `Retry-After`, streaming pushes from a store (one PATCH per blob, never buffered whole), and credentials that
-//! an ECR token source refreshes on a 401.
+//! retries with `Retry-After`, streaming pushes from a store (one PATCH per blob, never
+//! buffered whole), and credentials that an ECR token source refreshes on a 401.
 //!
 //! Redirects (ECR answers blob GETs with a 307 to presigned S3) are followed by reqwest,
 //! which drops `Authorization` when the host changes; errors are stripped of URLs so a
@@ -23,6 +26,7 @@
 //! the API calls; `auth` holds credentials and challenges; `error` the errors.
 
 mod auth;
+pub mod auth_files;
 mod catalog;
 mod error;
 mod pull;
