@@ -1009,3 +1009,32 @@ fn a_failure_prints_each_cause_once_and_as_a_json_list() {
         .collect();
     assert_eq!(listed, causes);
 }
+
+/// An unreachable registry fails after the short budget of a first contact (at most three
+/// retries, each shown at `-v` as it happens), with one error naming the address, not
+/// after the full retry budget that later requests keep.
+#[test]
+fn an_unreachable_registry_fails_after_a_few_retries_shown_as_they_happen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (code, _, stderr) = run_cli(&[
+        "-v",
+        "backup",
+        "--source",
+        "http://127.0.0.1:9",
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    let retries = stderr.matches("retrying registry request").count();
+    assert!(
+        (1..=3).contains(&retries),
+        "{retries} retries shown:\n{stderr}"
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("127.0.0.1:9"), "{stderr}");
+}

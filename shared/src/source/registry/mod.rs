@@ -69,6 +69,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The budget of a first contact ([`RegistryClient::ping`]): at most three retries,
+    /// none waiting more than a second.
+    pub fn first_contact(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: self.max_retries.min(3),
+            min_delay: self.min_delay.min(Duration::from_millis(200)),
+            max_delay: self.max_delay.min(Duration::from_secs(1)),
+        }
+    }
+
     /// The backoff schedule for `backon`.
     pub fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()

@@ -37,9 +37,13 @@ pub(super) fn push_scope(repo: &RepositoryName) -> String {
 
 impl RegistryClient {
     /// Checks that the registry speaks the distribution API and accepts the credentials.
+    /// The first contact with a registry gets a short retry budget (about two seconds),
+    /// so a wrong or unreachable address fails at once with one clear error instead of
+    /// after the full budget that later requests keep for a registry known to answer.
     pub async fn ping(&self) -> Result<(), RegistryError> {
         let url = self.url_for("/v2/");
-        let response = self
+        let client = self.clone().with_retry(self.retry.first_contact());
+        let response = client
             .send("connect to", &self.name(), "", &|| {
                 self.http.get(url.clone())
             })
