@@ -58,7 +58,8 @@ fn main() -> ExitCode {
 }
 
 /// Prints an error once: its chain on stderr, one cause a line (and, with `--json`, the
-/// same chain as a list on stdout, where a script reads the command's output).
+/// same chain on stdout, where a script reads the command's output:
+/// `{"error": "...", "causes": ["...", ...]}`, outermost first).
 fn report_error(e: &anyhow::Error, json: bool) {
     let causes = ecr_backup_shared::error::causes(e.as_ref());
     let (first, rest) = causes.split_first().expect("an error has a message");
@@ -67,7 +68,7 @@ fn report_error(e: &anyhow::Error, json: bool) {
         eprintln!("  caused by: {cause}");
     }
     if json {
-        println!("{}", serde_json::json!({ "error": causes }));
+        println!("{}", serde_json::json!({ "error": first, "causes": rest }));
     }
 }
 
