@@ -10,7 +10,7 @@ pub mod run;
 use crate::source::SourceError;
 use crate::store::StoreError;
 
-pub use plan::{Plan, Planner, RepositoryPlan};
+pub use plan::{selected_state, Baseline, Plan, Planner, RepositoryPlan};
 pub use run::{run, BackupReport, FailedImage, RunOptions};
 
 /// A run could not even start or finish its bookkeeping.

@@ -7,7 +7,12 @@
 //! - a tag whose latest record names another digest (it moved) puts the image in the work
 //!   list even when the image itself is stored, so the copy records the tag;
 //! - an archived ECR image is never sent to a copy: counted up to date when the store has
-//!   it, otherwise named as not backed up.
+//!   it, otherwise named as not backed up;
+//! - a repository whose state is the one the previous complete run saw, and whose images
+//!   that run found all complete in the store ([`Baseline`]), is up to date without a
+//!   store request: a daily run pays for what changed, not for the store's history.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
@@ -15,12 +20,13 @@ use futures::{Stream, StreamExt};
 use super::BackupError;
 use crate::copy::CopyRequest;
 use crate::filter::ImageFilter;
+use crate::oci::digest::Digest;
 use crate::oci::names::RepositoryName;
 use crate::source::ecr::EcrError;
 use crate::source::registry::RegistryError;
 use crate::source::{Source, SourceError, SourceImage};
-use crate::store::records::Snapshot;
-use crate::store::{Listing, RepositoryListing, Store};
+use crate::store::records::{Snapshot, SnapshotRepository, Tree};
+use crate::store::{Listing, PartContext, RepositoryListing, Store, StoreError};
 
 /// Repositories enumerated at once.
 const REPOSITORY_CONCURRENCY: usize = 4;
@@ -44,6 +50,65 @@ pub struct RepositoryPlan {
     pub archived: Vec<SourceImage>,
     /// What the store holds of the repository (the copies use it to skip reads).
     pub known: RepositoryListing,
+    /// True when the previous run saw the same state and found it complete: the store
+    /// was not asked.
+    pub unchanged: bool,
+}
+
+impl RepositoryPlan {
+    /// Images of the state not known to be complete in the store: sent to be copied, or
+    /// archived at the source and missing. The next run compares the repository again
+    /// while this is not 0.
+    pub fn pending(&self) -> u64 {
+        (self.work.len() + self.archived.len()) as u64
+    }
+}
+
+/// What the latest complete run recorded, so that a repository it saw in the same state,
+/// complete, needs no store request (`docs/format.md`, "Snapshots").
+#[derive(Debug, Clone, Default)]
+pub struct Baseline {
+    /// Repository → the digest of its tree in that run, when the run found every image
+    /// of it complete in the store.
+    confirmed: BTreeMap<crate::oci::names::RepositoryName, Digest>,
+    /// Every tree of that run: already in the store, never written again.
+    trees: std::collections::HashSet<Digest>,
+    /// The run itself (its parts; no tree read).
+    run: Option<crate::store::Run>,
+}
+
+impl Baseline {
+    /// The latest complete run of `store` (its parts only; no tree is read).
+    pub async fn load(store: &Store) -> Result<Baseline, StoreError> {
+        let Some(run) = store.latest_run(None).await? else {
+            return Ok(Baseline::default());
+        };
+        let mut baseline = Baseline::default();
+        for (repo, entry) in run.entries() {
+            let digest = entry.tree_digest();
+            if entry.confirmed() {
+                baseline.confirmed.insert(repo.clone(), digest.clone());
+            }
+            baseline.trees.insert(digest);
+        }
+        baseline.run = Some(run);
+        Ok(baseline)
+    }
+
+    /// True when the previous run saw `repo` with the tree `digest` and found it complete.
+    pub fn is_confirmed(&self, repo: &crate::oci::names::RepositoryName, digest: &Digest) -> bool {
+        self.confirmed.get(repo) == Some(digest)
+    }
+
+    /// The run compared with, if the store has a complete one.
+    pub fn run(&self) -> Option<&crate::store::Run> {
+        self.run.as_ref()
+    }
+
+    /// Repositories the baseline knows complete.
+    pub fn confirmed_repositories(&self) -> usize {
+        self.confirmed.len()
+    }
 }
 
 /// A whole source compared with the store.
@@ -61,11 +126,16 @@ pub struct Plan {
     pub gone: Vec<RepositoryName>,
     /// What the store holds of each planned repository.
     pub known: Listing,
+    /// What writing the snapshot needs: trees already stored, images pending per
+    /// repository.
+    pub context: PartContext,
+    /// Repositories found unchanged since the previous run (no store request).
+    pub unchanged: usize,
 }
 
 impl Plan {
     /// An empty plan that will record into `snapshot`.
-    pub fn new(snapshot: Snapshot) -> Plan {
+    pub fn new(snapshot: Snapshot, baseline: &Baseline) -> Plan {
         Plan {
             snapshot,
             work: Vec::new(),
@@ -73,6 +143,11 @@ impl Plan {
             archived: Vec::new(),
             gone: Vec::new(),
             known: Listing::new(),
+            context: PartContext {
+                existing_trees: baseline.trees.clone(),
+                pending: BTreeMap::new(),
+            },
+            unchanged: 0,
         }
     }
 
@@ -82,6 +157,13 @@ impl Plan {
             self.gone.push(repository.repository);
             return;
         }
+        let pending = repository.pending();
+        if pending > 0 {
+            self.context
+                .pending
+                .insert(repository.repository.clone(), pending);
+        }
+        self.unchanged += usize::from(repository.unchanged);
         self.snapshot
             .repositories
             .insert(repository.repository.clone(), repository.state);
@@ -99,21 +181,25 @@ pub struct Planner<'a> {
     store: &'a Store,
     filter: &'a ImageFilter,
     observed_at: DateTime<Utc>,
+    baseline: &'a Baseline,
 }
 
 impl<'a> Planner<'a> {
-    /// A planner whose work is observed at `observed_at` (the run's time).
+    /// A planner whose work is observed at `observed_at` (the run's time), comparing
+    /// with `baseline` first (see [`Baseline::load`]).
     pub fn new(
         source: &'a Source,
         store: &'a Store,
         filter: &'a ImageFilter,
         observed_at: DateTime<Utc>,
+        baseline: &'a Baseline,
     ) -> Planner<'a> {
         Planner {
             source,
             store,
             filter,
             observed_at,
+            baseline,
         }
     }
 
@@ -150,7 +236,7 @@ impl<'a> Planner<'a> {
     /// Plans every selected repository into one plan recorded as `snapshot`.
     pub async fn plan(&self, snapshot: Snapshot) -> Result<Plan, BackupError> {
         let repositories = self.repositories(None).await?;
-        let mut plan = Plan::new(snapshot);
+        let mut plan = Plan::new(snapshot, self.baseline);
         let mut each = std::pin::pin!(self.each(repositories));
         while let Some(repository) = each.next().await {
             let repository = repository?;
@@ -172,6 +258,29 @@ impl<'a> Planner<'a> {
             }
             Err(e) => return Err(self.source_error(e)),
         };
+        self.compare_images(repo, images).await
+    }
+
+    /// Compares one repository's enumerated images with the previous run and, when they
+    /// differ from it or it left them pending, with the store.
+    pub async fn compare_images(
+        &self,
+        repo: RepositoryName,
+        images: Vec<SourceImage>,
+    ) -> Result<RepositoryPlan, BackupError> {
+        let state = selected_state(self.filter, &images);
+        if self
+            .baseline
+            .is_confirmed(&repo, &Tree::of(&state).digest())
+        {
+            return Ok(RepositoryPlan {
+                images_seen: images.len(),
+                up_to_date: state.images.len(),
+                state,
+                unchanged: true,
+                ..RepositoryPlan::empty(repo)
+            });
+        }
         let known = self
             .store
             .listing(Some(&repo))
@@ -200,8 +309,25 @@ impl RepositoryPlan {
             up_to_date: 0,
             archived: Vec::new(),
             known: RepositoryListing::default(),
+            unchanged: false,
         }
     }
+}
+
+/// The state a snapshot records for a repository: the images the filter selects, with
+/// their selected tags.
+pub fn selected_state(filter: &ImageFilter, images: &[SourceImage]) -> SnapshotRepository {
+    let mut state = SnapshotRepository::default();
+    for image in images {
+        let Some(tags) = filter.select_tags(&image.tags) else {
+            continue;
+        };
+        state.images.push(image.digest.clone());
+        for t in tags {
+            state.tags.insert(t, image.digest.clone());
+        }
+    }
+    state
 }
 
 /// True when enumerating a repository failed because the repository no longer exists:
@@ -304,7 +430,7 @@ mod tests {
             image(&repo, b"kept", "older", true),
             image(&repo, b"live", "v1", false),
         ];
-        let mut plan = Plan::new(Snapshot::new("r".into(), taken));
+        let mut plan = Plan::new(Snapshot::new("r".into(), taken), &Baseline::default());
         plan.add(compare(
             &ImageFilter::default(),
             repo.clone(),

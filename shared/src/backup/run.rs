@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::{BackupError, Planner};
+use super::{BackupError, Baseline, Planner};
 use crate::copy::{CopyEngine, CopyError, CopyRequest, ImageOutcome};
 use crate::error::error_chain;
 use crate::filter::ImageFilter;
@@ -18,7 +18,7 @@ use crate::oci::names::{RepositoryName, Tag};
 use crate::progress::Reporter;
 use crate::source::Source;
 use crate::store::records::Snapshot;
-use crate::store::tag_view::rebuild_index;
+use crate::store::tag_view::update_index;
 
 /// One image that could not be backed up.
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +50,11 @@ pub struct BackupReport {
     pub images_failed: Vec<FailedImage>,
     /// Archived ECR images that were listed but could not be pulled.
     pub images_archived: Vec<String>,
+    /// Repositories the previous run saw in the same state, complete: not compared with
+    /// the store again.
+    pub repositories_unchanged: u64,
+    /// True when `index.json` was rewritten (only when something changed).
+    pub index_written: bool,
     /// Repositories deleted while the run enumerated them (left out of its snapshot).
     pub repositories_gone: Vec<RepositoryName>,
     /// Blobs and manifests written.
@@ -108,7 +113,8 @@ pub async fn run(
         }
     }
     let observed_at = chrono::Utc::now();
-    let plan = Planner::new(source, store, &options.filter, observed_at)
+    let baseline = Baseline::load(store).await?;
+    let mut plan = Planner::new(source, store, &options.filter, observed_at, &baseline)
         .plan(Snapshot::new(source.name().to_owned(), observed_at))
         .await?;
     reporter.images_found(plan.work.len() as u64);
@@ -131,7 +137,25 @@ pub async fn run(
         .collect()
         .await;
 
-    store.put_snapshot(&plan.snapshot).await?;
+    // What is pending after the copies: the images that failed, and archived ones.
+    plan.context.pending.clear();
+    for image in &plan.archived {
+        *plan
+            .context
+            .pending
+            .entry(image.repository.clone())
+            .or_default() += 1;
+    }
+    for (request, result) in &results {
+        if result.is_err() {
+            *plan
+                .context
+                .pending
+                .entry(request.repository.clone())
+                .or_default() += 1;
+        }
+    }
+    let (_, part) = store.put_snapshot(&plan.snapshot, &plan.context).await?;
     let copied: HashMap<Digest, (String, u64)> = results
         .iter()
         .filter_map(|(request, result)| match result {
@@ -141,7 +165,10 @@ pub async fn run(
             _ => None,
         })
         .collect();
-    rebuild_index(store, &copied).await?;
+    let index = match crate::store::Run::from_parts(&plan.snapshot.id, vec![part]) {
+        Some(run) => update_index(store, &run, baseline.run(), &copied).await?,
+        None => Default::default(),
+    };
 
     let mut report = BackupReport {
         source: source.name().to_owned(),
@@ -149,6 +176,8 @@ pub async fn run(
         snapshot: plan.snapshot.id.clone(),
         images_copied: 0,
         images_present: plan.up_to_date as u64,
+        repositories_unchanged: plan.unchanged as u64,
+        index_written: index.written,
         images_failed: Vec::new(),
         repositories_gone: plan.gone.clone(),
         images_archived: plan

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::backup::{BackupError, Plan, Planner};
+use crate::backup::{BackupError, Baseline, Plan, Planner};
 use crate::oci::names::RepositoryName;
 pub use crate::pipeline::message::FanoutRun;
 use crate::pipeline::message::{Message, Reason};
 use crate::pipeline::queue::{QueueError, SqsQueue, SEND_BATCH_SIZE};
 use crate::source::Source;
 use crate::store::records::Snapshot;
-use crate::store::tag_view::rebuild_index;
+use crate::store::tag_view::update_index;
 use crate::store::{Store, StoreError};
 
 /// The fan-out failed; what it had sent stays sent.
@@ -60,6 +60,11 @@ pub struct FanoutReport {
     pub images_up_to_date: u64,
     /// Archived images skipped.
     pub images_archived: u64,
+    /// Repositories the previous run saw in the same state, complete: not compared with
+    /// the store again.
+    pub repositories_unchanged: u64,
+    /// True when `index.json` was rewritten (only when the run changed something).
+    pub index_written: bool,
     /// `SendMessageBatch` calls.
     pub send_calls: u64,
     /// Set when the budget ran out: the run continues after this repository.
@@ -88,16 +93,20 @@ pub async fn fan_out(
         .stats()
         .send_calls
         .load(std::sync::atomic::Ordering::Relaxed);
-    let planner = Planner::new(source, store, &filter, run.observed_at);
+    let baseline = Baseline::load(store).await?;
+    let planner = Planner::new(source, store, &filter, run.observed_at, &baseline);
     let repositories = planner.repositories(run.after.as_ref()).await?;
 
-    let mut plan = Plan::new(Snapshot::part_of(
-        &run.run_id,
-        run.part,
-        source.name().to_owned(),
-        run.observed_at,
-        true,
-    ));
+    let mut plan = Plan::new(
+        Snapshot::part_of(
+            &run.run_id,
+            run.part,
+            source.name().to_owned(),
+            run.observed_at,
+            true,
+        ),
+        &baseline,
+    );
     let mut report = FanoutReport {
         run_id: run.run_id.clone(),
         part: run.part,
@@ -106,6 +115,8 @@ pub async fn fan_out(
         images_enqueued: 0,
         images_up_to_date: 0,
         images_archived: 0,
+        repositories_unchanged: 0,
+        index_written: false,
         send_calls: 0,
         continued_after: None,
         run_complete: false,
@@ -163,7 +174,7 @@ pub async fn fan_out(
     }
     // The part first, then the message that continues the run (see the module docs).
     let mut continue_after = unfinished.then(|| last_done.clone().expect("set when unfinished"));
-    match store.put_snapshot(&plan.snapshot).await {
+    match store.put_snapshot(&plan.snapshot, &plan.context).await {
         Ok(_) => {}
         Err(StoreError::Conflict { key }) => {
             // Another invocation wrote this part (SQS delivers at least once, and a send
@@ -173,7 +184,7 @@ pub async fn fan_out(
             // part then conflicts the same way), where none would leave the run
             // incomplete for good.
             let existing = store
-                .snapshot(&plan.snapshot.id)
+                .snapshot_part(&plan.snapshot.id)
                 .await?
                 .ok_or_else(|| FanoutError::Store(StoreError::NotFound { key: key.clone() }))?;
             tracing::warn!(run_id = %run.run_id, part = run.part, key = %key, "this part of the run was already written by another invocation; going on from its cut");
@@ -204,11 +215,17 @@ pub async fn fan_out(
         }
         None => {
             report.run_complete = true;
-            rebuild_index(store, &Default::default()).await?;
+            if let Some(complete) = store.run(&run.run_id).await? {
+                report.index_written =
+                    update_index(store, &complete, baseline.run(), &Default::default())
+                        .await?
+                        .written;
+            }
         }
     }
     report.images_up_to_date = plan.up_to_date as u64;
     report.images_archived = plan.archived.len() as u64;
+    report.repositories_unchanged = plan.unchanged as u64;
     report.send_calls = queue
         .stats()
         .send_calls

@@ -17,6 +17,8 @@ pub const BLOBS_PREFIX: &str = "blobs/sha256/";
 pub const REPOSITORIES_PREFIX: &str = "repositories/";
 /// Prefix of every snapshot.
 pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
+/// Where the trees of snapshots live (content-addressed, like blobs).
+pub const TREES_PREFIX: &str = "trees/sha256/";
 /// The OCI layout marker at the root.
 pub const OCI_LAYOUT: &str = "oci-layout";
 /// The OCI layout index at the root.
@@ -80,6 +82,18 @@ impl Layout {
             "{REPOSITORIES_PREFIX}{repo}/_deleted/sha256-{}.json",
             digest.hex()
         )
+    }
+
+    /// `trees/sha256/<hex>`: a repository's state in a run.
+    pub fn tree(digest: &Digest) -> String {
+        format!("{TREES_PREFIX}{}", digest.hex())
+    }
+
+    /// `repositories/<repo>/_images/`, `repositories/<repo>/_tags/` and
+    /// `repositories/<repo>/_deleted/`: the record prefixes of exactly one repository
+    /// (the repository's own prefix also holds the records of `<repo>/<more>`).
+    pub fn record_prefixes(repo: &RepositoryName) -> [String; 3] {
+        ["_images", "_tags", "_deleted"].map(|kind| format!("{REPOSITORIES_PREFIX}{repo}/{kind}/"))
     }
 
     /// `snapshots/<id>.json`.

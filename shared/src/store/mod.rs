@@ -12,6 +12,7 @@
 // Compiled only for tests, so the Lambda binaries do not carry it.
 #[cfg(any(test, feature = "testing"))]
 mod conformance;
+pub mod counting;
 mod dir;
 mod layout;
 pub mod records;
@@ -29,12 +30,13 @@ use crate::oci::digest::{Digest, DigestError};
 pub use crate::stream::{stream_of, ByteStream};
 #[cfg(any(test, feature = "testing"))]
 pub use conformance::run_conformance_suite;
+pub use counting::CountingBackend;
 pub use dir::DirBackend;
 pub use layout::Layout;
 pub use repository::{
     sort_observations, IndexRef, Listing, RepositoryListing, Store, StoreLocation, TagEntry,
 };
-pub use runs::{observed_after_run, part_id, PartId, Run};
+pub use runs::{observed_after_run, part_id, PartContext, PartId, Run};
 pub use s3::{S3Backend, S3Location};
 
 /// What went wrong while using a store; each variant names the key it was working on.

@@ -16,7 +16,7 @@ use super::{
 use crate::oci::digest::Digest;
 use crate::oci::names::{RepositoryName, Tag};
 use crate::store::records::{
-    latest_instant, DeletionRecord, ImageRecord, Snapshot, TagRecord, RECORD_VERSION,
+    latest_instant, DeletionRecord, ImageRecord, TagRecord, SNAPSHOT_VERSION,
 };
 
 /// How long a leftover of an interrupted write must have been untouched before it is
@@ -285,14 +285,27 @@ impl Store {
         .map(drop)
     }
 
-    /// Lists what the store holds, for every repository or for one.
+    /// Lists what the store holds, for every repository or for one. For one repository
+    /// only its own three record prefixes are listed (its prefix also holds the records
+    /// of every repository named `<repo>/...`, which are not read).
     pub async fn listing(&self, only: Option<&RepositoryName>) -> Result<Listing, StoreError> {
-        let prefix = match only {
-            Some(repo) => Layout::repository(repo),
-            None => layout::REPOSITORIES_PREFIX.to_owned(),
+        let objects = match only {
+            Some(repo) => {
+                let [images, tags, deleted] = Layout::record_prefixes(repo);
+                let (images, tags, deleted) = futures::try_join!(
+                    self.backend.list(&images),
+                    self.backend.list(&tags),
+                    self.backend.list(&deleted)
+                )?;
+                let mut all = images;
+                all.extend(tags);
+                all.extend(deleted);
+                all
+            }
+            None => self.backend.list(layout::REPOSITORIES_PREFIX).await?,
         };
         let mut listing = Listing::new();
-        for object in self.backend.list(&prefix).await? {
+        for object in objects {
             let Some((repo, kind, rest)) = Layout::split_record_key(&object.key) else {
                 continue;
             };
@@ -337,48 +350,9 @@ impl Store {
         Ok(listing)
     }
 
-    /// Writes one part of a run's snapshot, once. The same part already written with the
-    /// same bytes is success (`AlreadyExists`); with other bytes it is
-    /// [`StoreError::Conflict`]: another invocation did this part differently (a
-    /// duplicate continuation message), and this one must not go on as if it had.
-    pub async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<WriteOutcome, StoreError> {
-        self.write_json_once(
-            &Layout::snapshot(&snapshot.id),
-            snapshot,
-            Existing::MustMatch,
-        )
-        .await
-    }
-
-    /// Snapshot ids, oldest first.
-    pub async fn snapshot_ids(&self) -> Result<Vec<String>, StoreError> {
-        let mut ids: Vec<String> = self
-            .backend
-            .list(layout::SNAPSHOTS_PREFIX)
-            .await?
-            .into_iter()
-            .filter_map(|o| {
-                o.key
-                    .strip_prefix(layout::SNAPSHOTS_PREFIX)?
-                    .strip_suffix(".json")
-                    .map(str::to_owned)
-            })
-            .collect();
-        ids.sort();
-        Ok(ids)
-    }
-
-    /// Reads one snapshot; `None` if there is no such id.
-    pub async fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, StoreError> {
-        if id.contains('/') || id.contains("..") {
-            return Ok(None);
-        }
-        self.read_json(&Layout::snapshot(id)).await
-    }
-
-    /// Media type and size of every manifest the current `index.json` names; empty when
+    /// The entries of the current `index.json` that name a `REPOSITORY:TAG`; empty when
     /// it is missing or unreadable (it is derived data, rebuilt from the records).
-    pub async fn indexed_manifests(&self) -> Result<HashMap<Digest, (String, u64)>, StoreError> {
+    pub async fn index_refs(&self) -> Result<Vec<IndexRef>, StoreError> {
         #[derive(serde::Deserialize)]
         struct Index {
             #[serde(default)]
@@ -390,9 +364,11 @@ impl Store {
             media_type: String,
             digest: Digest,
             size: u64,
+            #[serde(default)]
+            annotations: HashMap<String, String>,
         }
         let Some(bytes) = self.backend.read(layout::INDEX_JSON).await? else {
-            return Ok(HashMap::new());
+            return Ok(Vec::new());
         };
         let index: Index = serde_json::from_slice(&bytes).unwrap_or(Index {
             manifests: Vec::new(),
@@ -400,7 +376,18 @@ impl Store {
         Ok(index
             .manifests
             .into_iter()
-            .map(|e| (e.digest, (e.media_type, e.size)))
+            .filter_map(|e| {
+                let name = e.annotations.get("org.opencontainers.image.ref.name")?;
+                // Neither a repository name nor a tag holds a `:`.
+                let (repository, tag) = name.rsplit_once(':')?;
+                Some(IndexRef {
+                    repository: repository.parse().ok()?,
+                    tag: tag.parse().ok()?,
+                    digest: e.digest,
+                    media_type: e.media_type,
+                    size: e.size,
+                })
+            })
             .collect())
     }
 
@@ -428,7 +415,10 @@ impl Store {
         self.backend.write(layout::INDEX_JSON, bytes.into()).await
     }
 
-    async fn read_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+    pub(super) async fn read_json<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         let Some(bytes) = self.backend.read(key).await? else {
             return Ok(None);
         };
@@ -437,7 +427,8 @@ impl Store {
                 key: key.into(),
                 source,
             })?;
-        if value.get("version").and_then(|v| v.as_u64()).unwrap_or(0) > u64::from(RECORD_VERSION) {
+        if value.get("version").and_then(|v| v.as_u64()).unwrap_or(0) > u64::from(SNAPSHOT_VERSION)
+        {
             return Err(StoreError::InvalidLocation {
                 location: self.location(),
                 reason: format!("record {key} was written by a newer version of ecr-backup"),
@@ -451,7 +442,7 @@ impl Store {
             })
     }
 
-    async fn write_json_once<T: Serialize>(
+    pub(super) async fn write_json_once<T: Serialize>(
         &self,
         key: &str,
         value: &T,
@@ -477,7 +468,7 @@ impl Store {
 
 /// What a create-only record write makes of a record already under its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Existing {
+pub(super) enum Existing {
     /// The first record written wins; a later one with other bytes is dropped.
     Kept,
     /// It must have the same bytes, or the write fails with [`StoreError::Conflict`].

@@ -7,14 +7,20 @@
 //! merge, and how "the latest run at or before T" is found. Restore, export, verify, `ls`
 //! and the backup itself all go through it, so they agree on what a snapshot is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use super::layout::{self, Layout};
-use super::{ObjectInfo, Store, StoreError};
-use crate::store::records::{latest_instant, Snapshot};
+use super::{stream_of, ObjectInfo, Store, StoreError, WriteOutcome};
+use crate::oci::digest::Digest;
+use crate::oci::names::RepositoryName;
+use crate::store::records::{
+    latest_instant, RepositoryEntry, Snapshot, SnapshotPart, SnapshotRepository, Tree, TreeRef,
+    SNAPSHOT_VERSION,
+};
 
 /// Snapshot parts read at once when a listing needs many of them.
 const READ_CONCURRENCY: usize = 16;
@@ -84,16 +90,18 @@ pub struct Run {
     pub source: String,
     /// When enumeration started; every part describes the registry as of this time.
     pub observed_at: DateTime<Utc>,
-    /// The parts found, by number.
-    pub parts: BTreeMap<u32, Snapshot>,
+    /// The parts found, by number (headers and tree references; see
+    /// [`Store::resolve_run`] for the state itself).
+    pub parts: BTreeMap<u32, SnapshotPart>,
     /// How many parts the run has, when its last part was found.
     pub part_count: Option<u32>,
 }
 
 impl Run {
-    /// Builds a run from the parts found for it; `None` when there are none.
-    fn from_parts(id: &str, parts: Vec<Snapshot>) -> Option<Run> {
-        let parts: BTreeMap<u32, Snapshot> = parts.into_iter().map(|p| (p.part, p)).collect();
+    /// Builds a run from the parts found for it (or just written); `None` when there are
+    /// none.
+    pub fn from_parts(id: &str, parts: Vec<SnapshotPart>) -> Option<Run> {
+        let parts: BTreeMap<u32, SnapshotPart> = parts.into_iter().map(|p| (p.part, p)).collect();
         let first = parts.values().next()?;
         let part_count = parts
             .values()
@@ -124,17 +132,37 @@ impl Run {
         (0..upto).filter(|p| !self.parts.contains_key(p)).collect()
     }
 
-    /// The run as one snapshot: every part's repositories merged, with the run's id.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut parts = self.parts.values();
-        let mut merged = parts.next().expect("a run has a part").clone();
-        for part in parts {
-            merged.repositories.extend(
-                part.repositories
-                    .iter()
-                    .map(|(r, s)| (r.clone(), s.clone())),
-            );
-        }
+    /// Every repository of every part, with where its state is (no tree is read).
+    pub fn entries(&self) -> BTreeMap<&RepositoryName, &RepositoryEntry> {
+        self.parts
+            .values()
+            .flat_map(|p| p.repositories.iter())
+            .collect()
+    }
+
+    /// Images across the run's repositories, from the parts alone.
+    pub fn image_count(&self) -> u64 {
+        self.parts.values().map(SnapshotPart::image_count).sum()
+    }
+
+    /// Tags across the run's repositories, from the parts alone.
+    pub fn tag_count(&self) -> u64 {
+        self.parts
+            .values()
+            .flat_map(|p| p.repositories.values())
+            .map(RepositoryEntry::tag_count)
+            .sum()
+    }
+
+    /// The run's header as one empty snapshot with the run's id: the repositories are
+    /// filled in by [`Store::resolve_run`].
+    fn header(&self) -> Snapshot {
+        let mut merged = self
+            .parts
+            .values()
+            .next()
+            .expect("a run has a part")
+            .header();
         merged.id = self.id.clone();
         merged.run = None;
         merged.part = 0;
@@ -143,6 +171,17 @@ impl Run {
         merged.observed_at = self.observed_at;
         merged
     }
+}
+
+/// What a writer knows when it stores a snapshot part, so that an unchanged repository
+/// costs no write: the trees the store already holds (those of the previous run), and
+/// per repository how many images it did not find complete in the store.
+#[derive(Debug, Clone, Default)]
+pub struct PartContext {
+    /// Trees known to be in the store already; they are not written again.
+    pub existing_trees: HashSet<Digest>,
+    /// Repository → images of its state not known to be complete in the store.
+    pub pending: BTreeMap<RepositoryName, u64>,
 }
 
 /// True when a tag record observed at `observed` is newer than a run taken at `observed_at`,
@@ -217,13 +256,170 @@ impl Store {
     }
 
     async fn read_run(&self, run: &str, parts: Vec<PartId>) -> Result<Option<Run>, StoreError> {
-        let snapshots: Vec<Snapshot> = futures::stream::iter(parts)
-            .map(|p| async move { self.snapshot(&p.id()).await })
+        let snapshots: Vec<SnapshotPart> = futures::stream::iter(parts)
+            .map(|p| async move { self.snapshot_part(&p.id()).await })
             .buffered(READ_CONCURRENCY)
             .try_filter_map(|s| async move { Ok(s) })
             .try_collect()
             .await?;
         Ok(Run::from_parts(run, snapshots))
+    }
+
+    /// Snapshot part ids, oldest first (the keys only: no part is read).
+    pub async fn snapshot_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.part_ids().await?.iter().map(PartId::id).collect())
+    }
+
+    /// Reads one snapshot part as stored (header and tree references); `None` if there
+    /// is no such id.
+    pub async fn snapshot_part(&self, id: &str) -> Result<Option<SnapshotPart>, StoreError> {
+        if id.contains('/') || id.contains("..") {
+            return Ok(None);
+        }
+        self.read_json(&Layout::snapshot(id)).await
+    }
+
+    /// Reads one snapshot part with every repository's state; `None` if there is no
+    /// such id.
+    pub async fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, StoreError> {
+        let Some(part) = self.snapshot_part(id).await? else {
+            return Ok(None);
+        };
+        let mut snapshot = part.header();
+        snapshot.repositories = self.resolve_entries(part.repositories.iter()).await?;
+        Ok(Some(snapshot))
+    }
+
+    /// The whole run as one snapshot: every part's repositories with their state (each
+    /// distinct tree read once).
+    pub async fn resolve_run(&self, run: &Run) -> Result<Snapshot, StoreError> {
+        let mut snapshot = run.header();
+        snapshot.repositories = self.resolve_entries(run.entries().into_iter()).await?;
+        Ok(snapshot)
+    }
+
+    /// The state of one repository of a run, reading at most one tree; `None` when the
+    /// run does not name the repository.
+    pub async fn run_repository(
+        &self,
+        run: &Run,
+        repo: &RepositoryName,
+    ) -> Result<Option<SnapshotRepository>, StoreError> {
+        match run.entries().get(repo) {
+            None => Ok(None),
+            Some(RepositoryEntry::Inline(state)) => Ok(Some(state.clone())),
+            Some(RepositoryEntry::Tree(t)) => Ok(Some(self.tree(&t.tree).await?.into_state())),
+        }
+    }
+
+    async fn resolve_entries<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a RepositoryName, &'a RepositoryEntry)>,
+    ) -> Result<BTreeMap<RepositoryName, SnapshotRepository>, StoreError> {
+        let mut resolved = BTreeMap::new();
+        let mut wanted: Vec<(RepositoryName, Digest)> = Vec::new();
+        for (repo, entry) in entries {
+            match entry {
+                RepositoryEntry::Inline(state) => {
+                    resolved.insert(repo.clone(), state.clone());
+                }
+                RepositoryEntry::Tree(t) => wanted.push((repo.clone(), t.tree.clone())),
+            }
+        }
+        let distinct: HashSet<&Digest> = wanted.iter().map(|(_, d)| d).collect();
+        let trees: HashMap<Digest, Tree> = futures::stream::iter(distinct)
+            .map(|d| async move { Ok::<_, StoreError>((d.clone(), self.tree(d).await?)) })
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (repo, digest) in wanted {
+            resolved.insert(repo, trees[&digest].clone().into_state());
+        }
+        Ok(resolved)
+    }
+
+    /// Reads a tree and checks it against its digest. A part naming a tree the store
+    /// lacks is an error: parts are written after their trees.
+    pub async fn tree(&self, digest: &Digest) -> Result<Tree, StoreError> {
+        let key = Layout::tree(digest);
+        let bytes = self
+            .backend()
+            .read(&key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
+        digest.verify(&bytes).map_err(|source| StoreError::Verify {
+            key: key.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::CorruptRecord { key, source })
+    }
+
+    /// Writes one part of a run's snapshot, once: first the trees of its repositories
+    /// that `context` does not know to be stored (create-only, content-addressed), then
+    /// the part naming them. The same part already written with the same bytes is
+    /// success (`AlreadyExists`); with other bytes it is [`StoreError::Conflict`]:
+    /// another invocation did this part differently (a duplicate continuation message),
+    /// and this one must not go on as if it had.
+    ///
+    /// Returns the part as stored, so that a writer need not read it back.
+    pub async fn put_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        context: &PartContext,
+    ) -> Result<(WriteOutcome, SnapshotPart), StoreError> {
+        let mut repositories = BTreeMap::new();
+        let mut new_trees: BTreeMap<Digest, Bytes> = BTreeMap::new();
+        for (repo, state) in &snapshot.repositories {
+            let tree = Tree::of(state);
+            let bytes = tree.to_bytes();
+            let digest = Digest::of(&bytes);
+            if !context.existing_trees.contains(&digest) {
+                new_trees.insert(digest.clone(), bytes);
+            }
+            repositories.insert(
+                repo.clone(),
+                RepositoryEntry::Tree(TreeRef {
+                    tree: digest,
+                    images: tree.images.len() as u64,
+                    tags: tree.tags.len() as u64,
+                    pending: context.pending.get(repo).copied().unwrap_or(0),
+                }),
+            );
+        }
+        futures::stream::iter(new_trees)
+            .map(|(digest, bytes)| async move {
+                let size = bytes.len() as u64;
+                self.backend()
+                    .write_verified(
+                        &Layout::tree(&digest),
+                        &digest,
+                        Some(size),
+                        stream_of(bytes),
+                    )
+                    .await
+            })
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let part = SnapshotPart {
+            version: SNAPSHOT_VERSION,
+            id: snapshot.id.clone(),
+            source: snapshot.source.clone(),
+            observed_at: snapshot.observed_at,
+            run: snapshot.run.clone(),
+            part: snapshot.part,
+            last: snapshot.last,
+            parts: snapshot.parts,
+            repositories,
+        };
+        let outcome = self
+            .write_json_once(
+                &Layout::snapshot(&snapshot.id),
+                &part,
+                super::repository::Existing::MustMatch,
+            )
+            .await?;
+        Ok((outcome, part))
     }
 
     /// Every run, complete or not, oldest first.
@@ -314,10 +510,18 @@ mod tests {
         }
     }
 
-    fn part(run: &str, n: u32, last: bool, parts: Option<u32>) -> Snapshot {
-        let mut s = Snapshot::part_of(run, n, "r".into(), Utc::now(), last);
-        s.parts = parts;
-        s
+    fn part(run: &str, n: u32, last: bool, parts: Option<u32>) -> SnapshotPart {
+        SnapshotPart {
+            version: SNAPSHOT_VERSION,
+            id: part_id(run, n),
+            source: "r".into(),
+            observed_at: Utc::now(),
+            run: Some(run.into()),
+            part: n,
+            last,
+            parts,
+            repositories: BTreeMap::new(),
+        }
     }
 
     #[test]
@@ -347,7 +551,7 @@ mod tests {
         assert!(old.is_complete());
         let no_last = Run::from_parts(id, vec![part(id, 0, false, None)]).unwrap();
         assert!(!no_last.is_complete());
-        assert!(!no_last.snapshot().last);
+        assert!(!no_last.header().last);
     }
 
     #[test]

@@ -1,14 +1,19 @@
 //! Tags as of a time: the latest complete run at or before it, updated by the tag
-//! records observed after that run; and the root `index.json` rebuilt from that view.
+//! records observed after that run; and the root `index.json`, kept to the latest run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 
 use crate::oci::digest::Digest;
 use crate::oci::names::{RepositoryName, Tag};
+use crate::store::layout::Layout;
 use crate::store::records::Snapshot;
-use crate::store::{observed_after_run, IndexRef, Listing, Store, StoreError};
+use crate::store::{observed_after_run, IndexRef, Listing, Run, Store, StoreError};
+
+/// Repositories whose `index.json` entries are rebuilt at once.
+const INDEX_CONCURRENCY: usize = 8;
 
 /// The newest complete run taken at or before `at` (or ever), all its parts merged (see
 /// [`Store::latest_run`]).
@@ -16,7 +21,10 @@ pub async fn latest_run(
     store: &Store,
     at: Option<DateTime<Utc>>,
 ) -> Result<Option<Snapshot>, StoreError> {
-    Ok(store.latest_run(at).await?.map(|run| run.snapshot()))
+    match store.latest_run(at).await? {
+        Some(run) => Ok(Some(store.resolve_run(&run).await?)),
+        None => Ok(None),
+    }
 }
 
 /// The tags as they stand now, or as they stood at `at`: from the latest complete run at
@@ -58,44 +66,151 @@ pub fn tag_view_from(
     view
 }
 
-/// Rewrites the root `index.json` from the current tag view, so that stock OCI tools find
-/// `REPOSITORY:TAG`. Entries whose image is not in the store are left out. `copied` gives
-/// the media type and size of manifests the caller has just stored, whose records need
-/// not be read back.
-pub async fn rebuild_index(
+/// What [`update_index`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexUpdate {
+    /// Repositories whose entries were rebuilt.
+    pub repositories: usize,
+    /// True when `index.json` was written.
+    pub written: bool,
+}
+
+/// Brings the root `index.json` (one `REPOSITORY:TAG` entry per tag of the latest run
+/// whose image is in the store, so that stock OCI tools find them) up to date with the
+/// complete run `run`, given the complete run before it (`previous`, the run the writer
+/// planned against).
+///
+/// Only what changed since `previous` is rebuilt: a repository whose
+/// tree is the same and which both runs found complete keeps its entries, without a
+/// store request. A run in which nothing changed writes nothing. `copied` gives the
+/// media type and size of manifests the caller has just stored.
+pub async fn update_index(
     store: &Store,
+    run: &Run,
+    previous: Option<&Run>,
     copied: &HashMap<Digest, (String, u64)>,
-) -> Result<(), StoreError> {
-    let listing = store.listing(None).await?;
-    let view = tag_view(store, &listing, None).await?;
-    let mut refs = Vec::new();
-    // Manifests already in the index, or just copied, need no record read: a record is
-    // read only for an image some other process copied (a worker, for the fan-out).
-    let mut known: HashMap<Digest, (String, u64)> = store.indexed_manifests().await?;
+) -> Result<IndexUpdate, StoreError> {
+    let current = run.entries();
+    let index_exists = store
+        .backend()
+        .stat(crate::store::layout::INDEX_JSON)
+        .await?
+        .is_some();
+    let dirty: BTreeSet<&RepositoryName> = match (previous, index_exists) {
+        (Some(previous), true) => {
+            let before = previous.entries();
+            let mut dirty: BTreeSet<&RepositoryName> = current
+                .iter()
+                .filter(|(repo, entry)| {
+                    !entry.confirmed()
+                        || before.get(*repo).is_none_or(|b| {
+                            !b.confirmed() || b.tree_digest() != entry.tree_digest()
+                        })
+                })
+                .map(|(repo, _)| *repo)
+                .collect();
+            dirty.extend(before.keys().filter(|r| !current.contains_key(*r)).copied());
+            dirty
+        }
+        _ => current.keys().copied().collect(),
+    };
+    if dirty.is_empty() && index_exists {
+        return Ok(IndexUpdate::default());
+    }
+    let existing = store.index_refs().await?;
+    let mut known: HashMap<Digest, (String, u64)> = existing
+        .iter()
+        .map(|r| (r.digest.clone(), (r.media_type.clone(), r.size)))
+        .collect();
     known.extend(copied.iter().map(|(d, m)| (d.clone(), m.clone())));
-    for ((repo, tag), digest) in view {
-        if !listing
-            .get(&repo)
-            .is_some_and(|c| c.images.contains_key(&digest))
-        {
+    let mut refs: Vec<IndexRef> = existing
+        .into_iter()
+        .filter(|r| current.contains_key(&r.repository) && !dirty.contains(&r.repository))
+        .collect();
+    let known = &known;
+    // Owned names: a stream of borrowed ones trips the compiler's higher-ranked lifetime
+    // check once the future is spawned (the worker runs this in a task).
+    let targets: Vec<RepositoryName> = dirty
+        .iter()
+        .filter(|r| current.contains_key(**r))
+        .map(|r| (*r).clone())
+        .collect();
+    let rebuilt: Vec<Vec<IndexRef>> = futures::stream::iter(targets)
+        .map(|repo| async move { repository_refs(store, run, &repo, known).await })
+        .buffer_unordered(INDEX_CONCURRENCY)
+        .try_collect()
+        .await?;
+    refs.extend(rebuilt.into_iter().flatten());
+    refs.sort_by(|a, b| (&a.repository, &a.tag).cmp(&(&b.repository, &b.tag)));
+    store.write_index(&refs).await?;
+    Ok(IndexUpdate {
+        repositories: dirty.len(),
+        written: true,
+    })
+}
+
+/// The `index.json` entries of one repository of `run`: its tags whose image is in the
+/// store (one tree read, one listing of its image records).
+async fn repository_refs(
+    store: &Store,
+    run: &Run,
+    repo: &RepositoryName,
+    known: &HashMap<Digest, (String, u64)>,
+) -> Result<Vec<IndexRef>, StoreError> {
+    let Some(state) = store.run_repository(run, repo).await? else {
+        return Ok(Vec::new());
+    };
+    let stored: BTreeSet<Digest> = store
+        .backend()
+        .list(&Layout::images(repo))
+        .await?
+        .iter()
+        .filter_map(|o| {
+            let (_, kind, rest) = Layout::split_record_key(&o.key)?;
+            (kind == "_images").then(|| Layout::digest_from_file_name(rest))?
+        })
+        .collect();
+    let mut refs = Vec::new();
+    for (tag, digest) in state.tags {
+        if !stored.contains(&digest) {
             continue;
         }
-        if !known.contains_key(&digest) {
-            if let Some(record) = store.image_record(&repo, &digest).await? {
-                known.insert(digest.clone(), (record.media_type, record.size));
-            }
-        }
-        if let Some((media_type, size)) = known.get(&digest) {
-            refs.push(IndexRef {
-                repository: repo,
-                tag,
-                digest,
-                media_type: media_type.clone(),
-                size: *size,
-            });
-        }
+        let (media_type, size) = match known.get(&digest) {
+            Some(m) => m.clone(),
+            // An image some other process copied (a worker, for the fan-out).
+            None => match store.image_record(repo, &digest).await? {
+                Some(record) => (record.media_type, record.size),
+                None => continue,
+            },
+        };
+        refs.push(IndexRef {
+            repository: repo.clone(),
+            tag,
+            digest,
+            media_type,
+            size,
+        });
     }
-    store.write_index(&refs).await
+    Ok(refs)
+}
+
+/// Rewrites `index.json` for the latest complete run from scratch (a store whose index
+/// was lost or hand-edited); nothing when the store has no complete run.
+pub async fn rebuild_index(store: &Store) -> Result<IndexUpdate, StoreError> {
+    let Some(run) = store.latest_run(None).await? else {
+        return Ok(IndexUpdate::default());
+    };
+    let current = run.entries();
+    let known = HashMap::new();
+    let mut refs: Vec<IndexRef> = Vec::new();
+    for repo in current.keys() {
+        refs.extend(repository_refs(store, &run, repo, &known).await?);
+    }
+    store.write_index(&refs).await?;
+    Ok(IndexUpdate {
+        repositories: current.len(),
+        written: true,
+    })
 }
 
 #[cfg(test)]

@@ -156,7 +156,8 @@ pub async fn view_at(
 ) -> Result<TagView, InventoryError> {
     match point {
         PointInTime::Snapshot(id) => {
-            let snapshot = complete_run(store, id).await?.snapshot();
+            let run = complete_run(store, id).await?;
+            let snapshot = store.resolve_run(&run).await?;
             let tags = snapshot
                 .repositories
                 .iter()
@@ -318,7 +319,18 @@ pub async fn repository(
 ) -> Result<RepositoryDetail, InventoryError> {
     store.ensure_exists().await?;
     let listing = store.listing(Some(repo)).await?;
-    let latest = latest_run(store, None).await?;
+    // Only this repository's tree of the latest run is read.
+    let latest = match store.latest_run(None).await? {
+        Some(run) => {
+            let mut base = Snapshot::new(run.source.clone(), run.observed_at);
+            base.id = run.id.clone();
+            if let Some(state) = store.run_repository(&run, repo).await? {
+                base.repositories.insert(repo.clone(), state);
+            }
+            Some(base)
+        }
+        None => None,
+    };
     let view = tag_view_from(latest.as_ref(), &listing, None);
     let current: BTreeMap<Tag, Digest> = view
         .into_iter()
@@ -431,11 +443,11 @@ pub async fn snapshots(store: &Store) -> Result<Vec<SnapshotSummary>, InventoryE
         .await?
         .into_iter()
         .map(|run| {
-            let s = run.snapshot();
+            // Counts come from the parts: no tree is read to list runs.
             SnapshotSummary {
-                repositories: s.repositories.len(),
-                images: s.image_count(),
-                tags: s.repositories.values().map(|r| r.tags.len()).sum(),
+                repositories: run.entries().len(),
+                images: run.image_count() as usize,
+                tags: run.tag_count() as usize,
                 parts: run.parts.len(),
                 complete: run.is_complete(),
                 id: run.id,

@@ -232,7 +232,10 @@ pub async fn verify(
     let started = Instant::now();
     store.ensure_exists().await?;
     let snapshot = match &options.snapshot {
-        Some(id) => Some(inventory::complete_run(store, id).await?.snapshot()),
+        Some(id) => {
+            let run = inventory::complete_run(store, id).await?;
+            Some(store.resolve_run(&run).await?)
+        }
         None => None,
     };
     let listing = store.listing(None).await?;

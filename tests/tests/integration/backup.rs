@@ -568,3 +568,182 @@ async fn a_run_reads_back_no_record_or_manifest_it_wrote_and_only_the_newest_sna
         .collect();
     assert_eq!(snapshot_reads.len(), 1, "{snapshot_reads:?}");
 }
+
+/// The daily cost grows with what changed: a run over a registry that did not change
+/// since the last run asks the store nothing about its repositories (no listing, no
+/// record read), writes no tree and leaves `index.json` alone, and its snapshot names the
+/// same trees; a change to one repository makes the next run compare that repository
+/// alone, write one tree, and bring `index.json` up to date.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_run_asks_the_store_nothing_about_its_repositories() {
+    use ecr_backup_shared::store::{CountingBackend, DirBackend, Store};
+    let servers = TestServers::from_env();
+    let prefix = servers::unique_prefix("unchanged");
+    let mut options = CorpusOptions::new(&prefix);
+    options.big_layer_mib = 0;
+    let corpus = push_corpus(&servers.source_client(), &options)
+        .await
+        .unwrap();
+    let repositories = corpus.repositories().len();
+    assert!(repositories > 2, "the corpus has several repositories");
+    let dir = tempfile::tempdir().unwrap();
+    let counting = CountingBackend::new(Arc::new(DirBackend::new(dir.path().join("store"))));
+    let store = Store::new(counting.clone());
+    let trees = || {
+        std::fs::read_dir(dir.path().join("store/trees/sha256"))
+            .unwrap()
+            .count()
+    };
+
+    let first = backup_prefix(&servers.registry, None, &prefix, &store).await;
+    assert!(first.is_success(), "{first:?}");
+    assert_eq!(first.repositories_unchanged, 0);
+    assert!(first.index_written);
+    assert_eq!(trees(), repositories, "one tree per repository");
+    let index_before = std::fs::read(dir.path().join("store/index.json")).unwrap();
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    counting.take();
+    let second = backup_prefix(&servers.registry, None, &prefix, &store).await;
+    assert!(second.is_success(), "{second:?}");
+    let counts = counting.take();
+    assert_eq!(
+        second.repositories_unchanged, repositories as u64,
+        "{second:?}"
+    );
+    assert_eq!(second.images_copied, 0);
+    assert!(
+        !second.index_written,
+        "nothing changed: index.json is not rewritten"
+    );
+    assert!(
+        !counts.contains_key("repositories"),
+        "an unchanged run asked about repository records: {counts:?}"
+    );
+    assert!(!counts.contains_key("trees"), "{counts:?}");
+    assert!(!counts.contains_key("blobs"), "{counts:?}");
+    assert_eq!(
+        counts.get("index.json").map_or(0, |c| c.puts),
+        0,
+        "{counts:?}"
+    );
+    let snapshots = counts["snapshots"];
+    assert_eq!((snapshots.puts, snapshots.gets), (1, 1), "{counts:?}");
+    assert_eq!(
+        trees(),
+        repositories,
+        "the second run's snapshot names the same trees"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("store/index.json")).unwrap(),
+        index_before
+    );
+
+    // One repository changes: only it is compared, and only its tree is new.
+    let changed = corpus.repositories().into_iter().next().unwrap();
+    let image = push_image(
+        &servers.source_client(),
+        &changed,
+        &["added".parse().unwrap()],
+        &[random_layer(7, 4096)],
+        Format::Oci,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    counting.take();
+    let third = backup_prefix(&servers.registry, None, &prefix, &store).await;
+    assert!(third.is_success(), "{third:?}");
+    let counts = counting.take();
+    assert_eq!(third.repositories_unchanged, repositories as u64 - 1);
+    assert_eq!(third.images_copied, 1);
+    assert!(third.index_written);
+    assert_eq!(
+        counts["repositories"].lists, 4,
+        "three record prefixes, then its image records for the index: {counts:?}"
+    );
+    assert_eq!(counts["trees"].puts, 1, "{counts:?}");
+    assert_eq!(trees(), repositories + 1);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("store/index.json")).unwrap())
+            .unwrap();
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    let added = format!("{changed}:added");
+    assert!(names.contains(&added.as_str()), "{names:?}");
+    let old: serde_json::Value = serde_json::from_slice(&index_before).unwrap();
+    assert_eq!(
+        names.len(),
+        old["manifests"].as_array().unwrap().len() + 1,
+        "every other entry kept"
+    );
+    let view = tag_view(&store, &store.listing(None).await.unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(view[&(changed, "added".parse().unwrap())], image.digest);
+}
+
+/// A repository the previous run left with an image not backed up is compared again by
+/// the next run even though it did not change, so a failed copy is retried every run
+/// rather than taken as done.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_left_pending_is_compared_again() {
+    use ecr_backup_shared::store::records::RepositoryEntry;
+    let servers = TestServers::from_env();
+    let prefix = servers::unique_prefix("pending");
+    let mut options = CorpusOptions::new(&prefix);
+    options.big_layer_mib = 0;
+    let corpus = push_corpus(&servers.source_client(), &options)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ecr_backup_tests::stores::dir_store_at(&dir.path().join("store"));
+    let first = backup_prefix(&servers.registry, None, &prefix, &store).await;
+    assert!(first.is_success(), "{first:?}");
+    // Lose one image record, as a failed copy would have left it, and mark the run's
+    // entry for it pending, as the run would have.
+    let repo = corpus.repositories().into_iter().next().unwrap();
+    let record = dir.path().join("store").join(Layout::image(
+        &repo,
+        &corpus
+            .tags()
+            .iter()
+            .find(|((r, _), _)| r == &repo)
+            .unwrap()
+            .1
+            .clone(),
+    ));
+    std::fs::remove_file(&record).unwrap();
+    let part_path = dir
+        .path()
+        .join("store")
+        .join(Layout::snapshot(&first.snapshot));
+    let mut part: ecr_backup_shared::store::records::SnapshotPart =
+        serde_json::from_slice(&std::fs::read(&part_path).unwrap()).unwrap();
+    let RepositoryEntry::Tree(t) = part.repositories.get_mut(&repo).unwrap() else {
+        panic!("a version-2 entry")
+    };
+    t.pending = 1;
+    std::fs::write(&part_path, serde_json::to_vec_pretty(&part).unwrap()).unwrap();
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let second = backup_prefix(&servers.registry, None, &prefix, &store).await;
+    assert!(second.is_success(), "{second:?}");
+    assert_eq!(
+        second.repositories_unchanged,
+        corpus.repositories().len() as u64 - 1,
+        "{second:?}"
+    );
+    assert_eq!(second.images_copied, 1, "the missing image is copied again");
+    assert!(record.exists());
+    let latest = store.latest_run(None).await.unwrap().unwrap();
+    assert!(latest.entries().values().all(|e| e.confirmed()));
+}

@@ -30,6 +30,7 @@ const ALLOWED_ROOT: &[&str] = &[
     "blobs",
     "repositories",
     "snapshots",
+    "trees",
     "oci-layout",
     "index.json",
     "tmp",
@@ -86,10 +87,10 @@ fn assert_key_in_layout(key: &str) {
             .any(|c| c == ".." || c == "." || c.is_empty()),
         "{key:?}"
     );
-    if top == "blobs" {
+    if top == "blobs" || top == "trees" {
         let hex = key
-            .strip_prefix("blobs/sha256/")
-            .expect("blobs/sha256/<hex>");
+            .strip_prefix(&format!("{top}/sha256/"))
+            .expect("blobs/sha256/<hex> or trees/sha256/<hex>");
         assert!(format!("sha256:{hex}").parse::<Digest>().is_ok(), "{key:?}");
     }
     if top == "repositories" {

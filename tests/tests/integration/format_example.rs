@@ -165,14 +165,15 @@ fn check_record_against_key(key: &str, bytes: &[u8]) {
     let body: Value = serde_json::from_slice(bytes)
         .unwrap_or_else(|e| panic!("{key}: the document's record is not JSON: {e}"));
     let field = |name: &str| body.get(name).and_then(Value::as_str).unwrap_or_default();
-    assert_eq!(body["version"], 1, "{key}: version");
     if let Some(id) = key
         .strip_prefix("snapshots/")
         .and_then(|k| k.strip_suffix(".json"))
     {
+        assert_eq!(body["version"], 2, "{key}: version");
         assert_eq!(field("id"), id, "{key}: id");
         return;
     }
+    assert_eq!(body["version"], 1, "{key}: version");
     let rest = key
         .strip_prefix("repositories/")
         .unwrap_or_else(|| panic!("{key}: not a record key"));
@@ -235,6 +236,7 @@ fn the_worked_example_of_the_format_document_reads_as_documented() {
         "/_images/",
         "/_tags/",
         "snapshots/",
+        "trees/sha256/",
     ] {
         assert!(
             keys.iter().any(|k| k.contains(needed)),
@@ -269,6 +271,21 @@ fn the_worked_example_of_the_format_document_reads_as_documented() {
                 sha256_hex(bytes),
                 hex,
                 "{key}: the bytes shown do not hash to the key"
+            );
+        } else if let Some(hex) = key.strip_prefix("trees/sha256/") {
+            assert_eq!(
+                sha256_hex(bytes),
+                hex,
+                "{key}: the bytes shown do not hash to the key"
+            );
+            // Byte for byte what a writer writes for that state.
+            let tree: ecr_backup_shared::store::records::Tree =
+                serde_json::from_slice(bytes).unwrap();
+            assert_eq!(
+                &ecr_backup_shared::store::records::Tree::of(&tree.clone().into_state()).to_bytes()
+                    [..],
+                &bytes[..],
+                "{key}: not the bytes the tool writes for this state"
             );
         } else if key.starts_with("repositories/") || key.starts_with("snapshots/") {
             check_record_against_key(key, bytes);

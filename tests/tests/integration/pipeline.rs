@@ -518,7 +518,7 @@ async fn a_lost_continuation_leaves_an_incomplete_run_and_a_duplicated_one_compl
         whole.missing_parts()
     );
     assert_eq!(whole.part_count, Some(3));
-    let merged = whole.snapshot();
+    let merged = p.store.resolve_run(&whole).await.unwrap();
     for r in ["a", "b", "c"] {
         assert!(
             merged.repositories.contains_key(&p.repo(r)),
@@ -830,8 +830,9 @@ async fn the_planner_names_a_repository_deleted_mid_run_for_ecr_and_plain_regist
     // The same registry without ECR's API: enumerated through its tag lists.
     let plain = Source::from_parts("plain".into(), p.servers.auth_client(), None);
     let filter = ImageFilter::default();
+    let baseline = ecr_backup_shared::backup::Baseline::default();
     for source in [&p.source, &plain] {
-        let planner = Planner::new(source, &p.store, &filter, chrono::Utc::now());
+        let planner = Planner::new(source, &p.store, &filter, chrono::Utc::now(), &baseline);
         let planned: Vec<_> = planner
             .each(vec![deleted.clone(), kept.clone()])
             .collect()
@@ -855,6 +856,7 @@ async fn the_planner_names_a_repository_deleted_mid_run_for_ecr_and_plain_regist
         );
         let mut plan = ecr_backup_shared::backup::Plan::new(
             ecr_backup_shared::store::records::Snapshot::new("r".into(), chrono::Utc::now()),
+            &baseline,
         );
         for r in planned {
             plan.add(r);
