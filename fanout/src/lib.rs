@@ -83,6 +83,8 @@ pub async fn handle(context: &FanoutContext, remaining: Duration) -> Result<Fano
         send_calls = report.send_calls,
         continued_after = report.continued_after.as_ref().map(|r| r.as_str()),
         run_complete = report.run_complete,
+        settings_written = report.settings.written.len(),
+        settings_unreadable = report.settings.warnings.len(),
         "fan-out finished"
     );
     metrics::emit(
@@ -95,6 +97,8 @@ pub async fn handle(context: &FanoutContext, remaining: Duration) -> Result<Fano
             Metric::count("ImagesEnqueued", report.images_enqueued),
             Metric::count("ImagesUpToDate", report.images_up_to_date),
             Metric::count("ImagesArchived", report.images_archived),
+            Metric::count("SettingsWritten", report.settings.written.len() as u64),
+            Metric::count("SettingsUnreadable", report.settings.warnings.len() as u64),
             Metric {
                 name: "Duration",
                 value: report.elapsed_seconds * 1000.0,

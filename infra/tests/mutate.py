@@ -318,6 +318,32 @@ def role_mutations(ts):
                          "Resource": {"Fn::Sub": "arn:${AWS::Partition}:s3:::*"}})
                 yield name, f"Lambda role {rid} may delete object versions", deleter
 
+                def ecr_writer(t, rid=rid):
+                    t["Resources"][rid]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].append(
+                        {"Sid": "ChangeSettings", "Effect": "Allow",
+                         "Action": ["ecr:PutLifecyclePolicy", "ecr:SetRepositoryPolicy"],
+                         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"}})
+                yield name, f"Lambda role {rid} may change repository settings (ecr:PutLifecyclePolicy, ecr:SetRepositoryPolicy)", ecr_writer
+
+                def ecr_deleter(t, rid=rid):
+                    t["Resources"][rid]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].append(
+                        {"Sid": "DeleteRepositories", "Effect": "Allow", "Action": "ecr:DeleteRepository",
+                         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"}})
+                yield name, f"Lambda role {rid} may delete ECR repositories", ecr_deleter
+
+                def ecr_wildcard(t, rid=rid):
+                    t["Resources"][rid]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].append(
+                        {"Sid": "AllOfEcr", "Effect": "Allow", "Action": "ecr:Get*",
+                         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"}})
+                yield name, f"Lambda role {rid} gets an ECR wildcard action (ecr:Get*)", ecr_wildcard
+
+                for i, s in enumerate(get(role, ("Properties", "Policies", 0, "PolicyDocument", "Statement")) or []):
+                    if s.get("Resource") == "*" and "ecr:GetRegistryPolicy" in as_list(s.get("Action")):
+                        def registry_writer(t, rid=rid, i=i):
+                            st = t["Resources"][rid]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][i]
+                            st["Action"] = as_list(st["Action"]) + ["ecr:PutRegistryPolicy"]
+                        yield name, f"Lambda role {rid}: ecr:PutRegistryPolicy joins the registry settings reads", registry_writer
+
                 def managed(t, rid=rid):
                     t["Resources"][rid]["Properties"]["ManagedPolicyArns"] = [
                         {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AdministratorAccess"}]

@@ -150,6 +150,17 @@ fn print_report(report: &BackupReport, json: bool, quiet: bool) -> Result<()> {
         for archived in &report.images_archived {
             println!("  archived in ECR, not backed up: {archived}");
         }
+        let settings = &report.settings;
+        if !settings.written.is_empty() || settings.unchanged > 0 {
+            println!(
+                "  settings: {} recorded, {} unchanged",
+                settings.written.len(),
+                settings.unchanged
+            );
+        }
+    }
+    for warning in &report.settings.warnings {
+        eprintln!("warning: {warning}");
     }
     for failed in &report.images_failed {
         eprintln!(

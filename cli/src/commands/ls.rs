@@ -2,8 +2,10 @@
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
+use ecr_backup_shared::store::settings::{SettingsSubject, REGISTRY_PARTS};
 use ecr_backup_shared::store::{Store, StoreLocation};
 use ecr_backup_shared::wayback::inventory;
+use ecr_backup_shared::wayback::restore::settings::stored_settings;
 use ecr_backup_shared::RepositoryName;
 
 use super::Global;
@@ -21,6 +23,13 @@ pub struct Args {
     /// List snapshots (backup runs) instead.
     #[arg(long, conflicts_with = "repository")]
     snapshots: bool,
+    /// Show the stored settings of the repository (without one: of the registry).
+    #[arg(long, conflicts_with = "snapshots")]
+    settings: bool,
+    /// With --settings: as they were at this time (RFC 3339, or YYYY-MM-DD for the end of
+    /// that day, UTC).
+    #[arg(long, value_name = "TIME", requires = "settings")]
+    as_of: Option<String>,
     /// Print the listing as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -34,6 +43,9 @@ fn time(t: Option<DateTime<Utc>>) -> String {
 /// Runs `ls`.
 pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
     let store = Store::open(&StoreLocation::parse(&args.store)?).await;
+    if args.settings {
+        return settings(&store, &args).await;
+    }
     if args.snapshots {
         let snapshots = inventory::snapshots(&store).await?;
         if args.json {
@@ -126,6 +138,54 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
             r.deleted,
             time(r.last_observed)
         );
+    }
+    Ok(Outcome::Success)
+}
+
+/// `ls --settings [REPOSITORY] [--as-of TIME]`.
+async fn settings(store: &Store, args: &Args) -> Result<Outcome> {
+    store.ensure_exists().await?;
+    let at = args
+        .as_of
+        .as_deref()
+        .map(inventory::parse_time)
+        .transpose()?;
+    let subjects: Vec<SettingsSubject> = match &args.repository {
+        Some(repo) => vec![SettingsSubject::Repository(repo.clone())],
+        None => REGISTRY_PARTS
+            .iter()
+            .map(|p| SettingsSubject::Registry(p))
+            .collect(),
+    };
+    let mut found = Vec::new();
+    for subject in &subjects {
+        if let Some(s) = stored_settings(store, subject, at).await? {
+            found.push(s);
+        }
+    }
+    if let (Some(repo), true) = (&args.repository, found.is_empty()) {
+        let when = at
+            .map(|t| format!(" as of {}", t.to_rfc3339()))
+            .unwrap_or_default();
+        anyhow::bail!("no settings of {repo} in {}{when}", store.location());
+    }
+    if args.json {
+        let value = match &args.repository {
+            Some(_) => serde_json::to_value(&found[0])?,
+            None => serde_json::to_value(&found)?,
+        };
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(Outcome::Success);
+    }
+    for s in &found {
+        println!(
+            "{} (seen {}, {} version(s) stored, {})",
+            s.subject,
+            time(Some(s.observed_at)),
+            s.versions,
+            s.digest
+        );
+        println!("{}", serde_json::to_string_pretty(&s.settings)?);
     }
     Ok(Outcome::Success)
 }

@@ -8,7 +8,9 @@ use ecr_backup_shared::filter::ImageFilter;
 use ecr_backup_shared::source::Source;
 use ecr_backup_shared::store::{Store, StoreLocation};
 use ecr_backup_shared::wayback::inventory::{parse_time, PointInTime};
-use ecr_backup_shared::wayback::restore::{self, Rename, RestoreOptions, RestoreReport};
+use ecr_backup_shared::wayback::restore::{
+    self, AccountMap, Rename, RestoreOptions, RestoreReport, SettingsMode, SettingsOptions,
+};
 
 use super::Global;
 use crate::progress::{human_bytes, Bar};
@@ -69,6 +71,30 @@ pub struct Args {
     /// Restore repositories starting with OLD_PREFIX under NEW_PREFIX instead.
     #[arg(long, value_name = "OLD_PREFIX=NEW_PREFIX")]
     rename: Option<String>,
+    /// Also restore repository and registry settings (ECR targets): missing repositories
+    /// are created with their encryption and resource tags before the images, and tag
+    /// mutability, policies, scanning and the lifecycle policy are applied after them.
+    #[arg(long)]
+    settings: bool,
+    /// Restore the settings only, without pushing images.
+    #[arg(long, conflicts_with = "settings")]
+    settings_only: bool,
+    /// Do not apply lifecycle policies: a lifecycle rule can expire images just restored.
+    #[arg(long)]
+    no_lifecycle: bool,
+    /// Rewrite account SRC as DST in policies, ARNs and replication rules (repeatable).
+    #[arg(long = "map-account", value_name = "SRC=DST")]
+    map_accounts: Vec<String>,
+    /// Create KMS-encrypted repositories with this key (ARN) instead of their own.
+    #[arg(long, value_name = "ARN")]
+    kms_key: Option<String>,
+    /// Change settings of existing repositories and of the registry that differ from the
+    /// store's (without it, differences are only reported).
+    #[arg(long)]
+    overwrite_settings: bool,
+    /// Print what would be created or changed; push and change nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Images restored at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -95,6 +121,24 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         .map(parse_time)
         .transpose()
         .context("--trusted-before")?;
+    let settings = SettingsOptions {
+        mode: if args.settings_only {
+            SettingsMode::Only
+        } else if args.settings {
+            SettingsMode::WithImages
+        } else {
+            SettingsMode::Off
+        },
+        map_accounts: args
+            .map_accounts
+            .iter()
+            .map(|m| AccountMap::parse(m))
+            .collect::<Result<_, _>>()?,
+        kms_key: args.kms_key.clone(),
+        dry_run: args.dry_run,
+        overwrite: args.overwrite_settings,
+        no_lifecycle: args.no_lifecycle,
+    };
     let credentials = credentials::resolve(
         &args.target,
         &CredentialFlags {
@@ -121,6 +165,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         trusted_before,
         image_concurrency: args.concurrency,
         blob_concurrency: args.blob_concurrency,
+        settings,
         ..RestoreOptions::default()
     };
     let report = restore::run(&store, &target, &options, bar.clone()).await?;
@@ -134,6 +179,18 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
 }
 
 fn print_report(report: &RestoreReport, json: bool, quiet: bool) -> Result<()> {
+    // On stderr whatever the output format: a setting left or refused is named there.
+    if let Some(settings) = &report.settings {
+        for d in &settings.differences {
+            eprintln!(
+                "differs: {} of {}: store has {}, target has {} ({})",
+                d.setting, d.subject, d.stored, d.target, d.reason
+            );
+        }
+        for f in &settings.failed {
+            eprintln!("failed: {} of {}: {}", f.setting, f.subject, f.error);
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
@@ -144,10 +201,17 @@ fn print_report(report: &RestoreReport, json: bool, quiet: bool) -> Result<()> {
             .as_deref()
             .map(|s| format!(", from snapshot {s}"))
             .unwrap_or_default();
-        println!(
-            "Restored {} into {} ({}{snapshot})",
-            report.store, report.target, report.point
-        );
+        if report.dry_run {
+            println!(
+                "Dry run: nothing pushed or changed in {} ({}{snapshot}); {} images would be restored",
+                report.target, report.point, report.images_selected
+            );
+        } else {
+            println!(
+                "Restored {} into {} ({}{snapshot})",
+                report.store, report.target, report.point
+            );
+        }
         println!(
             "  images: {} restored, {} already present, {} failed",
             report.images_restored,
@@ -172,6 +236,18 @@ fn print_report(report: &RestoreReport, json: bool, quiet: bool) -> Result<()> {
         );
         for repo in &report.repositories_created {
             println!("  created ECR repository {repo}");
+        }
+        if let Some(settings) = &report.settings {
+            let verb = if settings.dry_run { "would set" } else { "set" };
+            for c in &settings.changes {
+                println!("  {verb} {} of {}: {}", c.setting, c.subject, c.value);
+            }
+            for c in &settings.held_back {
+                println!("  held back {} of {}: {}", c.setting, c.subject, c.value);
+            }
+            for repo in &settings.without_settings {
+                println!("  no settings in the store for {repo}");
+            }
         }
     }
     for failed in &report.images_failed {

@@ -6,6 +6,7 @@
 
 pub mod plan;
 pub mod run;
+pub mod settings;
 
 use crate::source::SourceError;
 use crate::store::StoreError;

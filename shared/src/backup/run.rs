@@ -73,6 +73,8 @@ pub struct BackupReport {
     pub retries: u64,
     /// Wall time, in seconds.
     pub elapsed_seconds: f64,
+    /// Repository and registry settings recorded (ECR sources only).
+    pub settings: super::settings::SettingsReport,
 }
 
 impl BackupReport {
@@ -118,6 +120,19 @@ pub async fn run(
         .plan(Snapshot::new(source.name().to_owned(), observed_at))
         .await?;
     reporter.images_found(plan.work.len() as u64);
+    let settings = match source.ecr() {
+        Some(api) => {
+            super::settings::collect(
+                api,
+                store,
+                plan.snapshot.repositories.keys().cloned(),
+                true,
+                observed_at,
+            )
+            .await
+        }
+        None => Default::default(),
+    };
 
     let empty = Default::default();
     let results: Vec<(CopyRequest, Result<ImageOutcome, CopyError>)> = futures::stream::iter(plan.work.iter())
@@ -193,6 +208,7 @@ pub async fn run(
         blob_gets: 0,
         retries: 0,
         elapsed_seconds: 0.0,
+        settings,
     };
     for (request, result) in results {
         match result {

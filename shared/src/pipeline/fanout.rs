@@ -74,6 +74,8 @@ pub struct FanoutReport {
     /// True when another invocation had already written this part differently (a
     /// duplicate continuation message): this one stopped without continuing the run.
     pub duplicate: bool,
+    /// Repository and registry settings recorded by this part.
+    pub settings: crate::backup::settings::SettingsReport,
     /// Wall time in seconds.
     pub elapsed_seconds: f64,
 }
@@ -121,6 +123,7 @@ pub async fn fan_out(
         continued_after: None,
         run_complete: false,
         duplicate: false,
+        settings: Default::default(),
         elapsed_seconds: 0.0,
     };
 
@@ -164,6 +167,17 @@ pub async fn fan_out(
     drop(listings);
     queue.send(&pending).await?;
     report.images_enqueued += pending.len() as u64;
+    // The settings of this part's repositories (the registry's own with the first part).
+    if let Some(api) = source.ecr() {
+        report.settings = crate::backup::settings::collect(
+            api,
+            store,
+            plan.snapshot.repositories.keys().cloned(),
+            run.part == 0,
+            run.observed_at,
+        )
+        .await;
+    }
 
     let unfinished = last_done
         .as_ref()

@@ -51,7 +51,11 @@ impl EcrError {
     }
 }
 
-fn call_error<E>(op: &'static str, target: &str, err: aws_sdk_ecr::error::SdkError<E>) -> EcrError
+pub(crate) fn call_error<E>(
+    op: &'static str,
+    target: &str,
+    err: aws_sdk_ecr::error::SdkError<E>,
+) -> EcrError
 where
     E: std::error::Error + aws_sdk_ecr::error::ProvideErrorMetadata + Send + Sync + 'static,
 {
@@ -136,7 +140,17 @@ impl EcrApi {
         }
     }
 
-    fn registry(&self) -> String {
+    /// The SDK client, for the settings calls (`source/ecr_settings.rs`).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The registry (account) id the calls name, when one was given.
+    pub fn registry_id(&self) -> Option<&str> {
+        self.registry_id.as_deref()
+    }
+
+    pub(crate) fn registry(&self) -> String {
         self.registry_id
             .clone()
             .unwrap_or_else(|| "(default registry)".into())

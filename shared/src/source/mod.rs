@@ -8,6 +8,7 @@
 //! [`FailureKind`]: crate::failure::FailureKind
 
 pub mod ecr;
+pub mod ecr_settings;
 pub mod image;
 pub mod registry;
 

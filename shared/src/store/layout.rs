@@ -19,6 +19,8 @@ pub const REPOSITORIES_PREFIX: &str = "repositories/";
 pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
 /// Where the trees of snapshots live (content-addressed, like blobs).
 pub const TREES_PREFIX: &str = "trees/sha256/";
+/// Prefix of every registry settings record (`docs/format.md`, "Settings records").
+pub const REGISTRY_SETTINGS_PREFIX: &str = "registry-settings/";
 /// The OCI layout marker at the root.
 pub const OCI_LAYOUT: &str = "oci-layout";
 /// The OCI layout index at the root.
@@ -96,6 +98,27 @@ impl Layout {
         ["_images", "_tags", "_deleted"].map(|kind| format!("{REPOSITORIES_PREFIX}{repo}/{kind}/"))
     }
 
+    /// `repositories/<repo>/_settings/`: the settings records of one repository.
+    pub fn repository_settings(repo: &RepositoryName) -> String {
+        format!("{REPOSITORIES_PREFIX}{repo}/_settings/")
+    }
+
+    /// `registry-settings/<part>/`: the settings records of one part of the registry's
+    /// settings (`policy`, `replication`, `scanning`).
+    pub fn registry_settings(part: &str) -> String {
+        format!("{REGISTRY_SETTINGS_PREFIX}{part}/")
+    }
+
+    /// `<prefix><observed>_sha256-<hex>.json` below a settings prefix: the settings
+    /// document `digest` (a blob) was what the registry had at `observed`.
+    pub fn settings_record(prefix: &str, digest: &Digest, observed: DateTime<Utc>) -> String {
+        format!(
+            "{prefix}{}_sha256-{}.json",
+            observed.format(TAG_TIME_FORMAT),
+            digest.hex()
+        )
+    }
+
     /// `snapshots/<id>.json`.
     pub fn snapshot(id: &str) -> String {
         format!("{SNAPSHOTS_PREFIX}{id}.json")
@@ -111,7 +134,7 @@ impl Layout {
         let rest = key.strip_prefix(REPOSITORIES_PREFIX)?;
         // The first `/_` ends the repository name (no name component starts with `_`);
         // what follows may hold another one, as in the records of a tag named `_images`.
-        let (i, kind) = ["/_images/", "/_tags/", "/_deleted/"]
+        let (i, kind) = ["/_images/", "/_tags/", "/_deleted/", "/_settings/"]
             .into_iter()
             .filter_map(|kind| rest.find(kind).map(|i| (i, kind)))
             .min_by_key(|&(i, _)| i)?;
@@ -153,6 +176,15 @@ mod tests {
                 (repo.clone(), "_tags", Some(name))
             );
         }
+        // Settings records: the repository, then a file name spelled like a tag record's.
+        let settings_key = Layout::settings_record(&Layout::repository_settings(&repo), &d, now);
+        let (r, kind, rest) = Layout::split_record_key(&settings_key).unwrap();
+        assert_eq!((r, kind), (repo.clone(), "_settings"));
+        let (time, digest) = Layout::parse_tag_file_name(rest).unwrap();
+        assert_eq!(
+            (time.timestamp_micros(), digest),
+            (now.timestamp_micros(), d.clone())
+        );
         let image_key = Layout::image(&repo, &d);
         let (r, kind, rest) = Layout::split_record_key(&image_key).unwrap();
         assert_eq!(

@@ -19,6 +19,7 @@ pub mod records;
 mod repository;
 mod runs;
 mod s3;
+pub mod settings;
 pub mod tag_view;
 
 use async_trait::async_trait;

@@ -11,5 +11,6 @@ mod lambda_e2e;
 mod pipeline;
 mod restore;
 mod secrets;
+mod settings;
 mod store_s3;
 mod verify;

@@ -399,6 +399,90 @@ async fn a_fanout_out_of_time_continues_through_the_queue() {
     );
 }
 
+/// The fan-out records each repository's settings, and the registry's with its first
+/// part; a continued part (run by the worker) records its own repositories'; a second run
+/// over unchanged settings writes none.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fanout_and_its_continuations_record_settings_once() {
+    use ecr_backup_shared::store::settings::SettingsSubject;
+    let p = Pipeline::new("fanout-settings").await;
+    for (r, seed) in [("a", 11), ("b", 12)] {
+        p.push(&p.repo(r), &["v1"], seed, Format::Oci).await;
+    }
+    let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Sid": "Pull",
+        "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:role/deployer"},
+        "Action": ["ecr:BatchGetImage"]}]})
+    .to_string();
+    p.ecr
+        .set_repository_policy()
+        .repository_name(p.repo("b").as_str())
+        .policy_text(&policy)
+        .send()
+        .await
+        .unwrap();
+    let filter = FilterSpec {
+        repositories: vec![format!("{}/**", p.prefix.trim_end_matches('/'))],
+        ..FilterSpec::default()
+    };
+    // No time at all: repository a in the first part, b in a continuation.
+    let run = ecr_backup_shared::pipeline::fanout::FanoutRun::start(filter.clone(), None);
+    let report = ecr_backup_shared::pipeline::fanout::fan_out(
+        &p.source,
+        &p.store,
+        &p.queue,
+        &run,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.continued_after, Some(p.repo("a")));
+    assert!(report.settings.warnings.is_empty(), "{report:?}");
+    assert!(report
+        .settings
+        .written
+        .contains(&format!("repository {}", p.repo("a"))));
+    p.drain().await;
+    let b = SettingsSubject::Repository(p.repo("b"));
+    let entry = p
+        .store
+        .settings_as_of(&b, None)
+        .await
+        .unwrap()
+        .expect("b's settings");
+    let document: serde_json::Value =
+        serde_json::from_slice(&p.store.settings_document(&entry.digest).await.unwrap()).unwrap();
+    assert_eq!(document["repositoryPolicy"], policy.as_str());
+    for part in ["policy", "replication", "scanning"] {
+        assert!(p
+            .store
+            .settings_as_of(&SettingsSubject::Registry(part), None)
+            .await
+            .unwrap()
+            .is_some());
+    }
+
+    let again = ecr_backup_shared::pipeline::fanout::FanoutRun::start(filter, None);
+    let second = ecr_backup_shared::pipeline::fanout::fan_out(
+        &p.source,
+        &p.store,
+        &p.queue,
+        &again,
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    assert!(second.settings.written.is_empty(), "{second:?}");
+    assert_eq!(second.settings.unchanged, 2 + 3);
+    for r in ["a", "b"] {
+        let history = p
+            .store
+            .settings_history(&SettingsSubject::Repository(p.repo(r)))
+            .await
+            .unwrap();
+        assert_eq!(history.len(), 1, "{r}: {history:?}");
+    }
+}
+
 /// The fan-out writes a part before the message that continues the run: a run whose
 /// continuation never went out is incomplete, and no reader takes it for the registry.
 /// Every continuation delivered twice (SQS delivers at least once) still ends in one

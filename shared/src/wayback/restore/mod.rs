@@ -15,8 +15,9 @@
 
 pub mod push;
 pub mod select;
+pub mod settings;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -30,7 +31,8 @@ use crate::filter::ImageFilter;
 use crate::oci::digest::{Digest, DigestError};
 use crate::oci::names::{RepositoryName, Tag};
 use crate::progress::Reporter;
-use crate::source::ecr::EcrError;
+use crate::source::ecr::{EcrError, EcrRegistry};
+use crate::source::ecr_settings::KmsKeys;
 use crate::source::registry::{RegistryError, RetryPolicy};
 use crate::source::Source;
 use crate::store::{Store, StoreError};
@@ -38,6 +40,7 @@ use crate::wayback::inventory::{self, InventoryError, PointInTime};
 use crate::wayback::trust::{self, LateRecord};
 
 pub use select::{select, Rename, RestoreImage};
+pub use settings::{AccountMap, SettingsMode, SettingsOptions, SettingsReport};
 
 use push::{Engine, Stats};
 
@@ -72,6 +75,9 @@ pub enum RestoreError {
         /// The records written after it, oldest first.
         records: Vec<LateRecord>,
     },
+    /// Settings could not be restored at all (per-setting failures are in the report).
+    #[error(transparent)]
+    Settings(#[from] settings::SettingsError),
     /// `--rename` is malformed or makes an invalid repository name.
     #[error("invalid --rename {rename:?}: {reason}")]
     Rename {
@@ -180,6 +186,8 @@ pub struct RestoreOptions {
     /// Refuse to push anything if a record the restore relies on was written after this
     /// time (the creation time of the vault's last recovery point); see [`crate::wayback::trust`].
     pub trusted_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Repository and registry settings (`--settings`, `--settings-only`, `--dry-run`).
+    pub settings: SettingsOptions,
 }
 
 impl Default for RestoreOptions {
@@ -196,6 +204,7 @@ impl Default for RestoreOptions {
                 ..RetryPolicy::default()
             },
             trusted_before: None,
+            settings: SettingsOptions::default(),
         }
     }
 }
@@ -254,12 +263,20 @@ pub struct RestoreReport {
     pub retries: u64,
     /// Wall time, in seconds.
     pub elapsed_seconds: f64,
+    /// `--dry-run`: nothing was pushed or changed.
+    pub dry_run: bool,
+    /// Images the restore selected (with `--dry-run`, those it would push).
+    pub images_selected: u64,
+    /// What was done with repository and registry settings (`--settings`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<SettingsReport>,
 }
 
 impl RestoreReport {
-    /// True when every selected image is in the target with its tags.
+    /// True when every selected image is in the target with its tags, and every stored
+    /// setting that was to be applied was.
     pub fn is_success(&self) -> bool {
-        self.images_failed.is_empty()
+        self.images_failed.is_empty() && self.settings.as_ref().is_none_or(|s| s.failed.is_empty())
     }
 }
 
@@ -298,9 +315,72 @@ pub async fn run(
             });
         }
     }
+    let images_selected = images.len() as u64;
+    let settings_options = &options.settings;
+    let mut settings_plan = None;
+    if settings_options.mode != SettingsMode::Off {
+        let api = target
+            .ecr()
+            .ok_or_else(|| settings::SettingsError::NotEcr {
+                target: target.name().to_owned(),
+            })?;
+        // Every selected repository the store knows, images or not: an empty repository
+        // is restored with its settings too.
+        let mut repositories = BTreeMap::new();
+        for repo in listing.keys().filter(|r| options.filter.repository(r)) {
+            let renamed = match &options.rename {
+                Some(rule) => rule.apply(repo).map_err(|e| RestoreError::Rename {
+                    rename: format!("{rule:?}"),
+                    reason: format!("{repo}: {e}"),
+                })?,
+                None => repo.clone(),
+            };
+            repositories.insert(renamed, repo.clone());
+        }
+        for image in &images {
+            repositories.insert(image.target_repository.clone(), image.repository.clone());
+        }
+        let at = match &options.point {
+            PointInTime::AsOf(t) => Some(*t),
+            PointInTime::Snapshot(_) => view.snapshot.as_ref().map(|s| s.observed_at),
+            PointInTime::Latest => None,
+        };
+        let region = EcrRegistry::from_host(target.name()).map(|r| r.region);
+        let kms = KmsKeys::from_env(region).await;
+        let mut plan =
+            settings::prepare(store, api, &kms, &repositories, at, settings_options).await?;
+        plan.create_repositories(api, settings_options.dry_run)
+            .await;
+        settings_plan = Some(plan);
+    }
+    let images = if settings_options.mode == SettingsMode::Only || settings_options.dry_run {
+        Vec::new()
+    } else {
+        images
+    };
     reporter.images_found(images.len() as u64);
 
-    let (created, refused) = create_repositories(target, &images).await;
+    // Repositories the settings could not create are not created bare: their images fail.
+    let mut refused: HashMap<RepositoryName, Arc<EcrError>> = HashMap::new();
+    if let Some(plan) = &settings_plan {
+        for (repo, reason) in plan.refused() {
+            refused.insert(
+                repo.clone(),
+                Arc::new(EcrError::Invalid {
+                    op: "CreateRepository",
+                    target: repo.to_string(),
+                    reason: reason.to_owned(),
+                }),
+            );
+        }
+    }
+    let to_create: Vec<RestoreImage> = images
+        .iter()
+        .filter(|i| !refused.contains_key(&i.target_repository))
+        .cloned()
+        .collect();
+    let (created, refused_plain) = create_repositories(target, &to_create).await;
+    refused.extend(refused_plain);
     let engine = Engine {
         store,
         target,
@@ -358,8 +438,28 @@ pub async fn run(
         registry_requests: registry.requests.load(Ordering::Relaxed),
         retries: registry.retries.load(Ordering::Relaxed)
             + stats.blob_retries.load(Ordering::Relaxed),
-        elapsed_seconds: started.elapsed().as_millis() as f64 / 1000.0,
+        elapsed_seconds: 0.0,
+        dry_run: settings_options.dry_run,
+        images_selected,
+        settings: None,
     };
+    let mut failed_repositories = BTreeSet::new();
+    for (image, _) in results.iter().filter(|(_, r)| r.is_err()) {
+        failed_repositories.insert(image.target_repository.clone());
+    }
+    if let (Some(plan), Some(api)) = (settings_plan, target.ecr()) {
+        let settings = plan
+            .apply_after_images(api, settings_options, &failed_repositories)
+            .await;
+        for repo in &settings.repositories_created {
+            if !report.repositories_created.contains(repo) {
+                report.repositories_created.push(repo.clone());
+            }
+        }
+        report.repositories_created.sort();
+        report.settings = Some(settings);
+    }
+    report.elapsed_seconds = started.elapsed().as_millis() as f64 / 1000.0;
     for (image, result) in results {
         match result {
             Ok(true) => report.images_restored += 1,
