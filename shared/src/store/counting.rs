@@ -51,6 +51,7 @@ impl Counts {
 pub struct CountingBackend {
     inner: Arc<dyn Backend>,
     counts: Mutex<BTreeMap<String, Counts>>,
+    reads: Mutex<Vec<String>>,
 }
 
 impl CountingBackend {
@@ -59,6 +60,7 @@ impl CountingBackend {
         Arc::new(CountingBackend {
             inner,
             counts: Mutex::new(BTreeMap::new()),
+            reads: Mutex::new(Vec::new()),
         })
     }
 
@@ -75,6 +77,16 @@ impl CountingBackend {
             total.add(c);
         }
         total
+    }
+
+    /// The keys read (`read` or `open`) since the last call, in order, and forgets them.
+    pub fn take_reads(&self) -> Vec<String> {
+        std::mem::take(&mut self.reads.lock().expect("reads lock"))
+    }
+
+    fn note_read(&self, key: &str) {
+        self.count(key, |c| c.gets += 1);
+        self.reads.lock().expect("reads lock").push(key.to_owned());
     }
 
     fn count(&self, key: &str, f: impl FnOnce(&mut Counts)) {
@@ -100,12 +112,12 @@ impl Backend for CountingBackend {
     }
 
     async fn read(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        self.count(key, |c| c.gets += 1);
+        self.note_read(key);
         self.inner.read(key).await
     }
 
     async fn open(&self, key: &str) -> Result<ByteStream, StoreError> {
-        self.count(key, |c| c.gets += 1);
+        self.note_read(key);
         self.inner.open(key).await
     }
 

@@ -505,9 +505,9 @@ async fn a_run_reads_back_no_record_or_manifest_it_wrote_and_only_the_newest_sna
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let counting = ReadCountingBackend::new(Arc::new(ecr_backup_shared::store::DirBackend::new(
-        dir.path().join("store"),
-    )));
+    let counting = ecr_backup_shared::store::CountingBackend::new(Arc::new(
+        ecr_backup_shared::store::DirBackend::new(dir.path().join("store")),
+    ));
     let store = ecr_backup_shared::store::Store::new(counting.clone());
 
     let first = backup_prefix(&servers.registry, None, &prefix, &store).await;

@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use ecr_backup_shared::Digest;
 use sha2::{Digest as _, Sha256};
@@ -176,79 +175,6 @@ pub fn skopeo(home: &Path, args: &[&str]) -> std::process::Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
-}
-
-/// A backend that passes every call to another and counts the reads (`read`, `open`) of
-/// each kind of key, so that tests can show what a run did not need to read.
-pub struct ReadCountingBackend {
-    inner: Arc<dyn ecr_backup_shared::store::Backend>,
-    reads: std::sync::Mutex<Vec<String>>,
-}
-
-impl ReadCountingBackend {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn ecr_backup_shared::store::Backend>) -> Arc<Self> {
-        Arc::new(ReadCountingBackend {
-            inner,
-            reads: Default::default(),
-        })
-    }
-
-    /// Keys read since the last call, and forgets them.
-    pub fn take_reads(&self) -> Vec<String> {
-        std::mem::take(&mut self.reads.lock().unwrap())
-    }
-
-    fn note(&self, key: &str) {
-        self.reads.lock().unwrap().push(key.to_owned());
-    }
-}
-
-#[async_trait::async_trait]
-impl ecr_backup_shared::store::Backend for ReadCountingBackend {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    async fn stat(&self, key: &str) -> Result<Option<u64>, ecr_backup_shared::store::StoreError> {
-        self.inner.stat(key).await
-    }
-    async fn read(
-        &self,
-        key: &str,
-    ) -> Result<Option<bytes::Bytes>, ecr_backup_shared::store::StoreError> {
-        self.note(key);
-        self.inner.read(key).await
-    }
-    async fn open(
-        &self,
-        key: &str,
-    ) -> Result<ecr_backup_shared::store::ByteStream, ecr_backup_shared::store::StoreError> {
-        self.note(key);
-        self.inner.open(key).await
-    }
-    async fn write(
-        &self,
-        key: &str,
-        bytes: bytes::Bytes,
-    ) -> Result<(), ecr_backup_shared::store::StoreError> {
-        self.inner.write(key, bytes).await
-    }
-    async fn write_verified(
-        &self,
-        key: &str,
-        digest: &Digest,
-        size: Option<u64>,
-        bytes: ecr_backup_shared::store::ByteStream,
-    ) -> Result<ecr_backup_shared::store::WriteOutcome, ecr_backup_shared::store::StoreError> {
-        self.inner.write_verified(key, digest, size, bytes).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-    ) -> Result<Vec<ecr_backup_shared::store::ObjectInfo>, ecr_backup_shared::store::StoreError>
-    {
-        self.inner.list(prefix).await
-    }
 }
 
 /// Fails if an S3 bucket holds an open multipart upload: refused or broken blob uploads
