@@ -12,6 +12,7 @@ pub mod fanout;
 pub mod message;
 pub mod metrics;
 pub mod queue;
+pub mod queue_status;
 pub mod redrive;
 pub mod runtime_api;
 pub mod worker;

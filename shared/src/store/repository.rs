@@ -428,7 +428,10 @@ impl Store {
         self.backend.write(layout::INDEX_JSON, bytes.into()).await
     }
 
-    async fn read_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+    pub(super) async fn read_json<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         let Some(bytes) = self.backend.read(key).await? else {
             return Ok(None);
         };
@@ -451,7 +454,7 @@ impl Store {
             })
     }
 
-    async fn write_json_once<T: Serialize>(
+    pub(super) async fn write_json_once<T: Serialize>(
         &self,
         key: &str,
         value: &T,
@@ -477,7 +480,7 @@ impl Store {
 
 /// What a create-only record write makes of a record already under its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Existing {
+pub(super) enum Existing {
     /// The first record written wins; a later one with other bytes is dropped.
     Kept,
     /// It must have the same bytes, or the write fails with [`StoreError::Conflict`].

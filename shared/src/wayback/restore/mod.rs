@@ -298,9 +298,33 @@ pub async fn run(
             });
         }
     }
+    push_images(
+        store,
+        target,
+        &images,
+        options,
+        reporter,
+        view.snapshot.as_ref().map(|s| s.id.clone()),
+        started,
+    )
+    .await
+}
+
+/// Pushes `images` (already selected, with their target names) from `store` into
+/// `target` and reports, as [`run`] does after its planning. Restore drills call it with
+/// the sample they picked.
+pub async fn push_images(
+    store: &Store,
+    target: &Source,
+    images: &[RestoreImage],
+    options: &RestoreOptions,
+    reporter: Arc<dyn Reporter>,
+    snapshot: Option<String>,
+    started: Instant,
+) -> Result<RestoreReport, RestoreError> {
     reporter.images_found(images.len() as u64);
 
-    let (created, refused) = create_repositories(target, &images).await;
+    let (created, refused) = create_repositories(target, images).await;
     let engine = Engine {
         store,
         target,
@@ -311,7 +335,7 @@ pub async fn run(
         stats: Stats::default(),
         placed: Mutex::default(),
     };
-    let results: Vec<(&RestoreImage, Result<bool, ImageError>)> = futures::stream::iter(&images)
+    let results: Vec<(&RestoreImage, Result<bool, ImageError>)> = futures::stream::iter(images)
         .map(|image| {
             let engine = &engine;
             let refused = &refused;
@@ -343,7 +367,7 @@ pub async fn run(
         store: store.location(),
         target: target.name().to_owned(),
         point: options.point.to_string(),
-        snapshot: view.snapshot.as_ref().map(|s| s.id.clone()),
+        snapshot,
         images_restored: 0,
         images_present: 0,
         images_failed: Vec::new(),
