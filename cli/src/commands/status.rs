@@ -87,6 +87,9 @@ struct QueueStatus {
     depth: QueueDepth,
     /// Seconds, from CloudWatch; `None` when it has no datapoint.
     oldest_message_age_seconds: Option<f64>,
+    /// Why the age could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag_error: Option<String>,
     /// Where the age comes from.
     lag_measured_by: &'static str,
 }
@@ -161,9 +164,17 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
             let depth = queue_status::depth(&q)
                 .await
                 .with_context(|| format!("reading {url}"))?;
-            let age = oldest_message_age(url, now).await.with_context(|| {
-                format!("reading ApproximateAgeOfOldestMessage of {url} from CloudWatch")
-            })?;
+            // The lag is what CloudWatch says; when it cannot be read (no permission, an
+            // endpoint that does not speak CloudWatch's protocol) it is unknown, said on
+            // stderr, and not by itself a reason to fail.
+            let (age, lag_error) = match oldest_message_age(url, now).await {
+                Ok(age) => (age, None),
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    eprintln!("warning: could not read ApproximateAgeOfOldestMessage of {url} from CloudWatch: {text}");
+                    (None, Some(text))
+                }
+            };
             if let Some(age) = age {
                 if age > args.max_lag.num_seconds() as f64 {
                     reasons.push(format!(
@@ -176,6 +187,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
             Some(QueueStatus {
                 depth,
                 oldest_message_age_seconds: age,
+                lag_error,
                 lag_measured_by: "CloudWatch AWS/SQS ApproximateAgeOfOldestMessage, Maximum over the last 15 minutes",
             })
         }
