@@ -37,8 +37,8 @@ step "Infrastructure templates"
 bash infra/check.sh
 
 step "Lambda release build (arm64)"
-cargo lambda build --release --arm64 --bin ecr-backup-fanout --bin ecr-backup-worker
-for function in ecr-backup-fanout ecr-backup-worker; do
+cargo lambda build --release --arm64 --bin ecr-backup-fanout --bin ecr-backup-worker --bin ecr-backup-drill
+for function in ecr-backup-fanout ecr-backup-worker ecr-backup-drill; do
     artefact=target/lambda/$function/bootstrap
     test -x "$artefact" || { echo "missing $artefact" >&2; exit 1; }
     file_type=$(od -An -tx1 -j18 -N2 "$artefact" | tr -d ' ')

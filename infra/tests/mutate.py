@@ -585,8 +585,42 @@ def lambda_mutations(ts):
                 yield name, f"function {fid} gets SAM Policies beside its role", sam_policies
 
 
+def drill_mutations(ts):
+    """The restore drill's role: it may write to ECR only under the scratch prefix, and to
+    the store only its own records."""
+    for name, t in ts.items():
+        for rid, role in resources(t, "AWS::IAM::Role"):
+            for pi, policy in enumerate(as_list((role.get("Properties") or {}).get("Policies"))):
+                for i, s in enumerate(as_list((policy.get("PolicyDocument") or {}).get("Statement"))):
+                    if not isinstance(s, dict) or "DrillScratchPrefix" not in str(s.get("Resource")):
+                        continue
+
+                    def every_repository(t, rid=rid, pi=pi, i=i):
+                        st = t["Resources"][rid]["Properties"]["Policies"][pi]["PolicyDocument"]["Statement"][i]
+                        st["Resource"] = {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"}
+                    yield name, f"drill role {rid} may push to and delete every repository", every_repository
+
+                    def second_statement(t, rid=rid, pi=pi):
+                        t["Resources"][rid]["Properties"]["Policies"][pi]["PolicyDocument"]["Statement"].append(
+                            {"Sid": "PushAnywhere", "Effect": "Allow", "Action": ["ecr:PutImage", "ecr:BatchDeleteImage"],
+                             "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/team/*"}})
+                    yield name, f"drill role {rid} also may push to and delete team/* repositories", second_statement
+
+                    def prefix_only(t, rid=rid, pi=pi, i=i):
+                        st = t["Resources"][rid]["Properties"]["Policies"][pi]["PolicyDocument"]["Statement"][i]
+                        st["Resource"] = {"Fn::Sub": "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/${DrillScratchPrefix}*"}
+                    yield name, f"drill role {rid}: scratch prefix without its slash (matches ecr-backup-drill-prod too)", prefix_only
+                for i, s in enumerate(as_list((policy.get("PolicyDocument") or {}).get("Statement"))):
+                    if isinstance(s, dict) and "/drills/" in str(s.get("Resource")):
+                        def whole_store(t, rid=rid, pi=pi, i=i):
+                            st = t["Resources"][rid]["Properties"]["Policies"][pi]["PolicyDocument"]["Statement"][i]
+                            st["Resource"] = {"Fn::Sub": "${BackupBucket.Arn}/*"}
+                        yield name, f"drill role {rid} may write any object of the store, not only drill records", whole_store
+
+
 GENERATORS = (drop_each_deny, key_mutations, bucket_mutations, role_mutations, vault_mutations,
-              plan_mutations, event_mutations, scp_mutations, parameter_mutations, lambda_mutations)
+              plan_mutations, event_mutations, scp_mutations, parameter_mutations, lambda_mutations,
+              drill_mutations)
 
 
 # --------------------------------------------------------------------------- checks
@@ -695,7 +729,7 @@ def scratch_copy(source_root, scratch):
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     # The code-in-step check reads the Lambda sources and crates: link them read-only.
     # From the tree under test if it has them (an exported commit), else this one.
-    for entry in ("fanout", "worker", "shared", "Cargo.toml"):
+    for entry in ("fanout", "worker", "drill", "shared", "Cargo.toml"):
         for base in (source_root, REPO):
             if (base / entry).exists():
                 (scratch / entry).symlink_to(base / entry)

@@ -18,7 +18,9 @@ Checks, one output line each:
   * queue: the worker's queue hides messages for >= 6 x the worker timeout, and the
     worker reports partial batch failures.
   * metrics: each metric in code-calls.json has the "no data for 26 hours" alarm, or, with
-    "alarm_when": "above_zero", an alarm on any non-zero count.
+    "alarm_when": "above_zero", an alarm on any non-zero count, or, with "alarm_when":
+    "above_threshold" and "threshold", an alarm on a Maximum above it whose missing data
+    breaches (a value reported daily that must keep coming).
 
 Run from anywhere: paths are relative to the repository root (two levels up).
 ECR_BACKUP_SOURCE_TEMPLATE, if set, names another template to check instead of
@@ -42,7 +44,7 @@ except ImportError:  # pragma: no cover - reported as a failure, not a traceback
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = Path(os.environ.get("ECR_BACKUP_SOURCE_TEMPLATE") or ROOT / "infra" / "source-account.yaml")
 CONTRACT = ROOT / "infra" / "code-calls.json"
-SOURCE_DIRS = {"fanout": "fanout/src", "worker": "worker/src"}
+SOURCE_DIRS = {"fanout": "fanout/src", "worker": "worker/src", "drill": "drill/src"}
 SHARED_DIR = "shared/src"
 ENV_LITERAL = re.compile(r'"(ECR_BACKUP_[A-Z0-9_]+)"')
 # Granted for the Lambda runtime (its log stream), not called by the code.
@@ -326,6 +328,14 @@ def main():
                           and found.get("TreatMissingData") == "notBreaching")
                 results.check(any_ok, f"{name}: that alarm fires on any {metric['name']}",
                               "expected Sum > 0, missing data not breaching")
+                continue
+            if metric.get("alarm_when") == "above_threshold":
+                above_ok = (found.get("Statistic") == "Maximum"
+                            and found.get("ComparisonOperator") == "GreaterThanThreshold"
+                            and resolve_number(found.get("Threshold"), template) == metric["threshold"]
+                            and found.get("TreatMissingData") == "breaching")
+                results.check(above_ok, f"{name}: that alarm fires on {metric['name']} above {metric['threshold']} or no report",
+                              f"expected Maximum > {metric['threshold']}, missing data breaching")
                 continue
             period = resolve_number(found.get("Period"), template) or 0
             evaluations = resolve_number(found.get("EvaluationPeriods"), template) or 0

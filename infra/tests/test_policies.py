@@ -896,7 +896,92 @@ def check_parameters(name, template, r):
                 f"{name}: the vault is shared only inside the organization")
 
 
-CHECKS = (check_keys, check_buckets, check_vaults, check_plan, check_events, check_scps, check_parameters)
+def check_drill(name, template, r):
+    """The restore drill's role (the one granted ECR writes under DrillScratchPrefix) may
+    write to the store only its own records (drills/); the guard rule
+    iam_ecr_writes_scoped_to_scratch keeps its ECR writes under the prefix."""
+    for rid, role in resources(template, "AWS::IAM::Role").items():
+        grants = [s for pol in as_list(props(role).get("Policies")) for s in statements(pol.get("PolicyDocument"))]
+        if not any("DrillScratchPrefix" in json.dumps(s.get("Resource")) for s in grants):
+            continue
+        puts = [s for s in grants if s.get("Effect") == "Allow"
+                and any(a.lower() in ("s3:putobject", "s3:put*", "s3:*") for a in cfn.actions(s))]
+        ok = bool(puts) and all(all((sub_text(x) or "").endswith("/drills/*") for x in as_list(s.get("Resource")))
+                                for s in puts)
+        r.check(ok, f"{name}: drill role {rid} writes only drill records (drills/*) to the store")
+
+
+# Metric names of AWS services the dashboards may show (they are not this project's).
+AWS_METRICS = {
+    "AWS/SQS": {"ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage",
+                "ApproximateNumberOfMessagesNotVisible", "NumberOfMessagesSent", "NumberOfMessagesDeleted"},
+    "AWS/Lambda": {"Errors", "Invocations", "Duration", "Throttles"},
+    "AWS/Backup": {"NumberOfCopyJobsCreated", "NumberOfCopyJobsCompleted", "NumberOfCopyJobsFailed",
+                   "NumberOfCopyJobsRunning", "NumberOfBackupJobsCompleted", "NumberOfBackupJobsFailed",
+                   "NumberOfRecoveryPointsCompleted", "NumberOfRecoveryPointsExpired"},
+}
+METRIC_LITERAL = re.compile(r'(?:Metric::count\(\s*|name:\s*|"Name":\s*)"([A-Z][A-Za-z]+)"')
+
+
+def emitted_metrics(template):
+    """Every EcrBackup metric name the code emits: Metric::count("X") and name: "X" in the
+    Rust sources, "Name": "X" in the template's inline functions."""
+    found = set()
+    for function in resources(template, "AWS::Lambda::Function").values():
+        code = (props(function).get("Code") or {}).get("ZipFile")
+        if isinstance(code, str):
+            found.update(METRIC_LITERAL.findall(code))
+    for rel in ("shared/src", "fanout/src", "worker/src", "drill/src"):
+        base = ROOT / rel
+        if base.is_dir():
+            for path in base.rglob("*.rs"):
+                found.update(METRIC_LITERAL.findall(path.read_text(encoding="utf-8", errors="replace")))
+    return found
+
+
+def dashboard_metrics(body):
+    """(namespace, metric name) of every metric a dashboard body's widgets show."""
+    out = []
+    for widget in body.get("widgets", []):
+        for row in (widget.get("properties") or {}).get("metrics", []):
+            if isinstance(row, list) and len(row) >= 2 and all(isinstance(x, str) for x in row[:2]):
+                namespace, metric = row[0], row[1]
+                if namespace == ".":
+                    continue
+                out.append((namespace, metric))
+    return out
+
+
+def check_dashboards(name, template, r):
+    dashboards = resources(template, "AWS::CloudWatch::Dashboard")
+    if name in ("source-account", "backup-account"):
+        r.check(bool(dashboards), f"{name}: has a CloudWatch dashboard")
+    emitted = emitted_metrics(template) if dashboards else set()
+    for did, dash in dashboards.items():
+        text = sub_text(props(dash).get("DashboardBody"))
+        if text is None and isinstance(props(dash).get("DashboardBody"), str):
+            text = props(dash)["DashboardBody"]
+        # ${X} and ${X.Y} stand for a string's text or a number; the rest must be JSON.
+        plain = re.sub(r"\$\{[^}]+\}", "0", text or "")
+        try:
+            body = json.loads(plain)
+        except ValueError as error:
+            r.check(False, f"{name}: dashboard {did} body is JSON", str(error))
+            continue
+        r.check(isinstance(body, dict) and body.get("widgets"), f"{name}: dashboard {did} body is JSON with widgets")
+        shown = dashboard_metrics(body)
+        r.check(bool(shown), f"{name}: dashboard {did} shows metrics")
+        for namespace, metric in shown:
+            if namespace == "EcrBackup":
+                r.check(metric in emitted, f"{name}: dashboard {did} shows {namespace}/{metric}, which the code emits",
+                        "no Metric::count(\"%s\") or name: \"%s\" in the sources, nor in an inline function" % (metric, metric))
+            else:
+                r.check(metric in AWS_METRICS.get(namespace, set()),
+                        f"{name}: dashboard {did} shows {namespace}/{metric}, a metric that service publishes")
+
+
+CHECKS = (check_keys, check_buckets, check_vaults, check_plan, check_events, check_scps, check_parameters,
+          check_drill, check_dashboards)
 
 
 def run(paths, quiet=False, loaded=None):

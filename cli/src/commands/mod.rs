@@ -3,10 +3,12 @@
 mod backup;
 mod credentials;
 mod dlq;
+mod drill;
 mod export;
 mod ls;
 mod redrive;
 mod restore;
+mod status;
 mod verify;
 
 use anyhow::Result;
@@ -48,6 +50,12 @@ pub enum Command {
     Verify(verify::Args),
     /// List what a store holds: repositories, a repository's tags, or snapshots.
     Ls(ls::Args),
+    /// Prove a restore: a random sample of the latest run into a scratch prefix, every
+    /// digest compared, cleaned up, recorded in the store.
+    Drill(drill::Args),
+    /// Is the backup fresh and proven? Last run, source lag, queues, last verify and
+    /// drill; exits 1 with the reasons when not.
+    Status(status::Args),
 }
 
 impl Command {
@@ -61,6 +69,8 @@ impl Command {
             Command::Export(a) => a.json,
             Command::Verify(a) => a.json,
             Command::Ls(a) => a.json,
+            Command::Drill(a) => a.json,
+            Command::Status(a) => a.json,
         }
     }
 }
@@ -75,5 +85,7 @@ pub async fn run(command: Command, global: Global) -> Result<Outcome> {
         Command::Export(args) => export::run(args, global).await,
         Command::Verify(args) => verify::run(args, global).await,
         Command::Ls(args) => ls::run(args, global).await,
+        Command::Drill(args) => drill::run(args, global).await,
+        Command::Status(args) => status::run(args, global).await,
     }
 }

@@ -61,6 +61,15 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
     ));
     let report = verify::verify(&store, &options, bar.clone()).await?;
     bar.finish();
+    // The result is recorded in the store (`verifications/`), so `status` can say when the
+    // store was last proven whole. A store this user may only read is still verified.
+    let record = report.to_record(args.read_data);
+    if let Err(e) = store.put_verify_record(&record).await {
+        eprintln!(
+            "warning: could not record this verify in the store: {}",
+            ecr_backup_shared::error::error_chain(&e)
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

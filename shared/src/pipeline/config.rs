@@ -22,6 +22,11 @@ pub const PART_REPOSITORIES: &str = "ECR_BACKUP_PART_REPOSITORIES";
 /// Optional: reach the registry's data plane here instead of ECR's endpoint.
 pub const REGISTRY_ENDPOINT: &str = "ECR_BACKUP_REGISTRY_ENDPOINT";
 
+/// The drill function's scratch repository prefix (default `ecr-backup-drill`).
+pub const DRILL_SCRATCH_PREFIX: &str = "ECR_BACKUP_DRILL_SCRATCH_PREFIX";
+/// The drill function's sample: a number of images (`5`) or a percentage (`10%`).
+pub const DRILL_SAMPLE: &str = "ECR_BACKUP_DRILL_SAMPLE";
+
 /// A variable is missing or malformed.
 #[derive(Debug, thiserror::Error)]
 #[error("environment variable {name}: {reason}")]
@@ -132,6 +137,31 @@ impl WorkerConfig {
             concurrency,
             registry_endpoint: optional(REGISTRY_ENDPOINT),
             filter: filter_from_env()?,
+        })
+    }
+}
+
+/// The drill function's settings.
+#[derive(Debug, Clone)]
+pub struct DrillConfig {
+    /// The store to drill.
+    pub store: StoreLocation,
+    /// Repository prefix of the scratch repositories (`None`: the default).
+    pub scratch_prefix: Option<String>,
+    /// The sample as written (`5`, `10%`; `None`: the default), parsed by the drill.
+    pub sample: Option<String>,
+    /// Data-plane override.
+    pub registry_endpoint: Option<String>,
+}
+
+impl DrillConfig {
+    /// Reads `ECR_BACKUP_STORE`, `ECR_BACKUP_DRILL_SCRATCH_PREFIX`, `ECR_BACKUP_DRILL_SAMPLE`.
+    pub fn from_env() -> Result<DrillConfig, ConfigError> {
+        Ok(DrillConfig {
+            store: store(STORE)?,
+            scratch_prefix: optional(DRILL_SCRATCH_PREFIX),
+            sample: optional(DRILL_SAMPLE),
+            registry_endpoint: optional(REGISTRY_ENDPOINT),
         })
     }
 }

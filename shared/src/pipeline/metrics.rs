@@ -28,6 +28,42 @@ impl Metric {
     }
 }
 
+/// The metrics of one restore drill (`Function=drill`): images sampled, images that
+/// failed, the drill's duration, and the blobs that failed their re-hash from the store.
+pub fn drill_metrics(record: &crate::store::checks::DrillRecord, seconds: f64) -> Vec<Metric> {
+    let failed = record.images.iter().filter(|i| !i.ok).count() as u64;
+    vec![
+        Metric::count("DrillImages", record.images.len() as u64),
+        // A drill that could not reach its target, or found nothing to restore, proved
+        // nothing: it counts as one failure even when no image failed.
+        Metric::count(
+            "DrillFailures",
+            if record.passed && !record.images.is_empty() {
+                failed
+            } else {
+                failed.max(1)
+            },
+        ),
+        Metric {
+            name: "DrillSeconds",
+            value: seconds,
+            unit: "Seconds",
+        },
+        Metric::count("VerifyProblems", record.blob_problems),
+    ]
+}
+
+/// The age of the latest drill record, in hours (`Function=drill`), emitted by the
+/// drill function's daily check so that "no drill for 8 days" can alarm: CloudWatch
+/// alarms look back at most 7 days, so the silence of a weekly metric cannot be.
+pub fn drill_age_metric(hours: f64) -> Metric {
+    Metric {
+        name: "DrillAgeHours",
+        value: hours,
+        unit: "None",
+    }
+}
+
 /// One EMF document for `function`'s metrics.
 pub fn emf_line(function: &str, metrics: &[Metric]) -> String {
     let mut doc = Map::new();
@@ -57,6 +93,72 @@ pub fn emit(function: &str, metrics: &[Metric]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::checks::{DrillCleanup, DrillImage, DrillRecord};
+
+    fn record(results: &[bool], passed: bool) -> DrillRecord {
+        DrillRecord {
+            version: 1,
+            id: "20261203T020000Z-5e0c1a".into(),
+            run: "20261202T020000Z-8d41e0".into(),
+            source: "s".into(),
+            target: "t".into(),
+            scratch_prefix: "ecr-backup-drill".into(),
+            started_at: chrono::Utc::now(),
+            finished_at: chrono::Utc::now(),
+            passed,
+            sample: "5".into(),
+            images_in_run: 9,
+            blob_problems: 2,
+            images: results
+                .iter()
+                .map(|&ok| DrillImage {
+                    repository: "team/app".parse().unwrap(),
+                    digest: crate::oci::digest::Digest::of(b"x"),
+                    tags: vec![],
+                    scratch_repository: "ecr-backup-drill/x/team/app".into(),
+                    blobs: 3,
+                    bytes: 10,
+                    ok,
+                    error: None,
+                })
+                .collect(),
+            problems: vec![],
+            cleanup: DrillCleanup {
+                method: "none".into(),
+                complete: true,
+                repositories_deleted: 0,
+                images_deleted: 0,
+                left_over: vec![],
+            },
+        }
+    }
+
+    fn value(metrics: &[Metric], name: &str) -> f64 {
+        metrics.iter().find(|m| m.name == name).unwrap().value
+    }
+
+    #[test]
+    fn drill_metrics_count_failures_and_empty_drills() {
+        let m = drill_metrics(&record(&[true, false, false], false), 4.5);
+        assert_eq!(value(&m, "DrillImages"), 3.0);
+        assert_eq!(value(&m, "DrillFailures"), 2.0);
+        assert_eq!(value(&m, "DrillSeconds"), 4.5);
+        assert_eq!(value(&m, "VerifyProblems"), 2.0);
+        let passed = drill_metrics(&record(&[true, true], true), 1.0);
+        assert_eq!(value(&passed, "DrillFailures"), 0.0);
+        // A drill that proved nothing (no image, or a target it could not use) fails.
+        assert_eq!(
+            value(&drill_metrics(&record(&[], true), 1.0), "DrillFailures"),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &drill_metrics(&record(&[true], false), 1.0),
+                "DrillFailures"
+            ),
+            1.0
+        );
+    }
 
     #[test]
     fn emf_document_names_every_metric() {

@@ -290,6 +290,75 @@ impl EcrApi {
         }
     }
 
+    /// Deletes images of a repository by digest (`BatchDeleteImage`); returns how many
+    /// ECR deleted. An image already gone counts as deleted.
+    pub async fn delete_images(
+        &self,
+        repo: &RepositoryName,
+        digests: &[Digest],
+    ) -> Result<u64, EcrError> {
+        let mut deleted = 0;
+        // BatchDeleteImage takes at most 100 image ids.
+        for chunk in digests.chunks(100) {
+            let ids = chunk
+                .iter()
+                .map(|d| {
+                    aws_sdk_ecr::types::ImageIdentifier::builder()
+                        .image_digest(d.to_string())
+                        .build()
+                })
+                .collect();
+            let out = self
+                .client
+                .batch_delete_image()
+                .set_registry_id(self.registry_id.clone())
+                .repository_name(repo.as_str())
+                .set_image_ids(Some(ids))
+                .send()
+                .await
+                .map_err(|e| call_error("BatchDeleteImage", repo.as_str(), e))?;
+            deleted += out.image_ids().len() as u64;
+            for failure in out.failures() {
+                let gone = matches!(
+                    failure.failure_code(),
+                    Some(aws_sdk_ecr::types::ImageFailureCode::ImageNotFound)
+                );
+                if gone {
+                    deleted += 1;
+                } else {
+                    return Err(EcrError::Invalid {
+                        op: "BatchDeleteImage",
+                        target: repo.to_string(),
+                        reason: failure.failure_reason().unwrap_or("refused").to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes an empty repository (`DeleteRepository` without `force`); false if it did
+    /// not exist.
+    pub async fn delete_repository(&self, repo: &RepositoryName) -> Result<bool, EcrError> {
+        match self
+            .client
+            .delete_repository()
+            .set_registry_id(self.registry_id.clone())
+            .repository_name(repo.as_str())
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_repository_not_found_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(call_error("DeleteRepository", repo.as_str(), e)),
+        }
+    }
+
     /// The registry's data-plane URL (`https://<account>.dkr.ecr.<region>.amazonaws.com`).
     pub async fn proxy_endpoint(&self) -> Result<String, EcrError> {
         let out = quietly(self.client.get_authorization_token().send())

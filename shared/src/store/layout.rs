@@ -25,6 +25,10 @@ pub const REGISTRY_SETTINGS_PREFIX: &str = "registry-settings/";
 pub const OCI_LAYOUT: &str = "oci-layout";
 /// The OCI layout index at the root.
 pub const INDEX_JSON: &str = "index.json";
+/// Prefix of every verification record (`ecr-backup verify`).
+pub const VERIFICATIONS_PREFIX: &str = "verifications/";
+/// Prefix of every restore drill record (`ecr-backup drill`, the drill Lambda).
+pub const DRILLS_PREFIX: &str = "drills/";
 
 impl Layout {
     /// `blobs/sha256/<hex>`.
@@ -127,6 +131,16 @@ impl Layout {
     /// `snapshots/<run>`: the prefix every part of a run's snapshot starts with.
     pub fn snapshot_prefix(run: &str) -> String {
         format!("{SNAPSHOTS_PREFIX}{run}")
+    }
+
+    /// `verifications/<id>.json`.
+    pub fn verification(id: &str) -> String {
+        format!("{VERIFICATIONS_PREFIX}{id}.json")
+    }
+
+    /// `drills/<id>.json`.
+    pub fn drill(id: &str) -> String {
+        format!("{DRILLS_PREFIX}{id}.json")
     }
 
     /// Parses `repositories/<repo>/<kind>/<rest>` into its parts.

@@ -10,6 +10,7 @@
 //! be read without a registry.
 
 // Compiled only for tests, so the Lambda binaries do not carry it.
+pub mod checks;
 #[cfg(any(test, feature = "testing"))]
 mod conformance;
 pub mod counting;

@@ -459,7 +459,7 @@ pub async fn verify(
 }
 
 /// Streams a blob through the verifier; the fault found, if any.
-async fn rehash(
+pub(super) async fn rehash(
     store: &Store,
     digest: &Digest,
     size: u64,
@@ -490,6 +490,55 @@ async fn rehash(
         }
     }
     None
+}
+
+impl VerifyReport {
+    /// The verification record of this report (`verifications/<id>.json`,
+    /// docs/format.md), each problem named with what it breaks.
+    pub fn to_record(&self, read_data: bool) -> crate::store::checks::VerifyRecord {
+        use crate::store::checks::{check_id, MAX_RECORDED_PROBLEMS};
+        let finished_at = Utc::now();
+        let name = |i: &ImageName| format!("{}@{}", i.repository, i.digest);
+        let mut problems: Vec<String> = Vec::new();
+        for p in &self.blob_problems {
+            let images: Vec<String> = p.images.iter().map(name).collect();
+            problems.push(format!(
+                "blob {}: {} (breaks {})",
+                p.digest,
+                p.fault,
+                images.join(", ")
+            ));
+        }
+        for t in &self.dangling_tags {
+            problems.push(format!(
+                "tag {}:{} points at {}, which has no image record",
+                t.repository, t.tag, t.digest
+            ));
+        }
+        for r in &self.unreadable_records {
+            problems.push(format!("record {}: {}", r.key, r.error));
+        }
+        for i in &self.missing_images {
+            problems.push(format!("not backed up: {}", name(i)));
+        }
+        let problem_count = problems.len() as u64;
+        problems.truncate(MAX_RECORDED_PROBLEMS);
+        crate::store::checks::VerifyRecord {
+            version: crate::store::records::RECORD_VERSION,
+            id: check_id(finished_at),
+            finished_at,
+            elapsed_seconds: self.elapsed_seconds,
+            snapshot: self.snapshot.clone(),
+            read_data: read_data || self.sample_percent.is_some(),
+            sample_percent: self.sample_percent,
+            images_checked: self.images_checked,
+            blobs_checked: self.blobs_checked,
+            blobs_read: self.blobs_read,
+            clean: self.is_clean(),
+            problem_count,
+            problems,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ mod common;
 mod concurrency;
 mod corpus_smoke;
 mod credentials;
+mod drill;
 mod export;
 mod faults;
 mod format_example;

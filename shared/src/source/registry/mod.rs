@@ -28,6 +28,7 @@
 mod auth;
 pub mod auth_files;
 mod catalog;
+mod delete;
 mod error;
 mod pull;
 mod push;
@@ -44,6 +45,7 @@ use url::Url;
 pub use auth::{
     parse_challenge, Challenge, CredentialSource, Credentials, Secret, StaticCredentials,
 };
+pub use delete::Deleted;
 pub use error::RegistryError;
 pub use pull::{FetchedManifest, ManifestHead};
 

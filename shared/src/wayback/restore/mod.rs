@@ -358,6 +358,63 @@ pub async fn run(
     } else {
         images
     };
+    push_planned(
+        store,
+        target,
+        &images,
+        options,
+        reporter,
+        view.snapshot.as_ref().map(|s| s.id.clone()),
+        started,
+        Planned {
+            images_selected,
+            settings: settings_plan,
+        },
+    )
+    .await
+}
+
+/// Pushes `images` (already selected, with their target names) from `store` into
+/// `target` and reports, as [`run`] does after its planning. Restore drills call it with
+/// the sample they picked; it restores no settings.
+pub async fn push_images(
+    store: &Store,
+    target: &Source,
+    images: &[RestoreImage],
+    options: &RestoreOptions,
+    reporter: Arc<dyn Reporter>,
+    snapshot: Option<String>,
+    started: Instant,
+) -> Result<RestoreReport, RestoreError> {
+    let planned = Planned {
+        images_selected: images.len() as u64,
+        settings: None,
+    };
+    push_planned(store, target, images, options, reporter, snapshot, started, planned).await
+}
+
+/// What [`run`] decided before any image is pushed.
+struct Planned {
+    images_selected: u64,
+    settings: Option<settings::SettingsPlan>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn push_planned(
+    store: &Store,
+    target: &Source,
+    images: &[RestoreImage],
+    options: &RestoreOptions,
+    reporter: Arc<dyn Reporter>,
+    snapshot: Option<String>,
+    started: Instant,
+    planned: Planned,
+) -> Result<RestoreReport, RestoreError> {
+    let settings_options = &options.settings;
+    let Planned {
+        images_selected,
+        settings: settings_plan,
+    } = planned;
     reporter.images_found(images.len() as u64);
 
     // Repositories the settings could not create are not created bare: their images fail.
@@ -391,7 +448,7 @@ pub async fn run(
         stats: Stats::default(),
         placed: Mutex::default(),
     };
-    let results: Vec<(&RestoreImage, Result<bool, ImageError>)> = futures::stream::iter(&images)
+    let results: Vec<(&RestoreImage, Result<bool, ImageError>)> = futures::stream::iter(images)
         .map(|image| {
             let engine = &engine;
             let refused = &refused;
@@ -423,7 +480,7 @@ pub async fn run(
         store: store.location(),
         target: target.name().to_owned(),
         point: options.point.to_string(),
-        snapshot: view.snapshot.as_ref().map(|s| s.id.clone()),
+        snapshot,
         images_restored: 0,
         images_present: 0,
         images_failed: Vec::new(),
