@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use ecr_backup_shared::store::{Store, StoreLocation};
 use ecr_backup_shared::wayback::inventory;
 use ecr_backup_shared::RepositoryName;
 
@@ -33,16 +32,21 @@ fn time(t: Option<DateTime<Utc>>) -> String {
 
 /// Runs `ls`.
 pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
-    let store = Store::open(&StoreLocation::parse(&args.store)?).await;
+    let store = super::open_store(&args.store).await?;
     if args.snapshots {
         let snapshots = inventory::snapshots(&store).await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&snapshots)?);
+            outln!("{}", serde_json::to_string_pretty(&snapshots)?);
             return Ok(Outcome::Success);
         }
-        println!(
+        outln!(
             "{:<24}  {:<19}  {:<10}  {:>5}  {:>6}  {:>5}  SOURCE",
-            "SNAPSHOT", "TAKEN (UTC)", "PARTS", "REPOS", "IMAGES", "TAGS"
+            "SNAPSHOT",
+            "TAKEN (UTC)",
+            "PARTS",
+            "REPOS",
+            "IMAGES",
+            "TAGS"
         );
         for s in &snapshots {
             let parts = if s.complete {
@@ -50,7 +54,7 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
             } else {
                 format!("{} (incomplete)", s.parts)
             };
-            println!(
+            outln!(
                 "{:<24}  {:<19}  {:<10}  {:>5}  {:>6}  {:>5}  {}",
                 s.id,
                 time(Some(s.observed_at)),
@@ -66,15 +70,19 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
     if let Some(repo) = &args.repository {
         let detail = inventory::repository(&store, repo).await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&detail)?);
+            outln!("{}", serde_json::to_string_pretty(&detail)?);
             return Ok(Outcome::Success);
         }
-        println!(
+        outln!(
             "{:<30}  {:<71}  {:>10}  {:<19}  {:<19}",
-            "TAG", "DIGEST", "SIZE", "FIRST SEEN (UTC)", "LAST SEEN (UTC)"
+            "TAG",
+            "DIGEST",
+            "SIZE",
+            "FIRST SEEN (UTC)",
+            "LAST SEEN (UTC)"
         );
         for t in &detail.tags {
-            println!(
+            outln!(
                 "{:<30}  {:<71}  {:>10}  {:<19}  {:<19}",
                 t.tag.as_str(),
                 t.digest.to_string(),
@@ -84,10 +92,12 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
             );
         }
         if !detail.untagged.is_empty() {
-            println!();
-            println!(
+            outln!();
+            outln!(
                 "{:<71}  {:>10}  {:<19}  NOTE",
-                "UNTAGGED IMAGE", "SIZE", "BACKED UP (UTC)"
+                "UNTAGGED IMAGE",
+                "SIZE",
+                "BACKED UP (UTC)"
             );
             for i in &detail.untagged {
                 let mut note = Vec::new();
@@ -97,7 +107,7 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
                 if i.deleted {
                     note.push("deleted at the source".to_owned());
                 }
-                println!(
+                outln!(
                     "{:<71}  {:>10}  {:<19}  {}",
                     i.digest.to_string(),
                     i.size.map(human_bytes).unwrap_or_default(),
@@ -110,15 +120,19 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
     }
     let repositories = inventory::repositories(&store).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&repositories)?);
+        outln!("{}", serde_json::to_string_pretty(&repositories)?);
         return Ok(Outcome::Success);
     }
-    println!(
+    outln!(
         "{:<40}  {:>6}  {:>5}  {:>7}  {:<19}",
-        "REPOSITORY", "IMAGES", "TAGS", "DELETED", "LAST SEEN (UTC)"
+        "REPOSITORY",
+        "IMAGES",
+        "TAGS",
+        "DELETED",
+        "LAST SEEN (UTC)"
     );
     for r in &repositories {
-        println!(
+        outln!(
             "{:<40}  {:>6}  {:>5}  {:>7}  {:<19}",
             r.repository.as_str(),
             r.images,

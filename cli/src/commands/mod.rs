@@ -1,16 +1,21 @@
 //! One module per subcommand.
 
 mod backup;
+mod completions;
 mod credentials;
 mod dlq;
+mod du;
 mod export;
 mod ls;
+mod man;
+mod prices;
 mod redrive;
 mod restore;
 mod verify;
 
 use anyhow::Result;
 use clap::Subcommand;
+use ecr_backup_shared::store::{Store, StoreLocation};
 
 use crate::Outcome;
 
@@ -28,6 +33,14 @@ impl Global {
     pub fn show_progress(&self, json: bool) -> bool {
         !self.quiet && self.verbose == 0 && !json
     }
+}
+
+/// Opens the store a user named and makes the first contact with it, so that an
+/// unreachable or unusable store fails at once with one error saying what to set.
+pub async fn open_store(text: &str) -> Result<Store> {
+    let store = Store::open(&StoreLocation::parse(text)?).await;
+    store.backend().first_contact().await?;
+    Ok(store)
 }
 
 /// The subcommands.
@@ -48,6 +61,13 @@ pub enum Command {
     Verify(verify::Args),
     /// List what a store holds: repositories, a repository's tags, or snapshots.
     Ls(ls::Args),
+    /// What a store's objects take: unique and shared bytes per repository, by age, and
+    /// the monthly storage cost.
+    Du(du::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
+    /// Print the manual page (roff), or write one per subcommand with --dir.
+    Man(man::Args),
 }
 
 impl Command {
@@ -61,6 +81,8 @@ impl Command {
             Command::Export(a) => a.json,
             Command::Verify(a) => a.json,
             Command::Ls(a) => a.json,
+            Command::Du(a) => a.json,
+            Command::Completions(_) | Command::Man(_) => false,
         }
     }
 }
@@ -75,5 +97,8 @@ pub async fn run(command: Command, global: Global) -> Result<Outcome> {
         Command::Export(args) => export::run(args, global).await,
         Command::Verify(args) => verify::run(args, global).await,
         Command::Ls(args) => ls::run(args, global).await,
+        Command::Du(args) => du::run(args, global).await,
+        Command::Completions(args) => completions::run(args, global).await,
+        Command::Man(args) => man::run(args, global).await,
     }
 }

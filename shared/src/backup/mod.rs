@@ -4,12 +4,14 @@
 //!
 //! Owns: deciding what to copy. May use: `copy`, `source`, `store`.
 
+pub mod meter;
 pub mod plan;
 pub mod run;
 
 use crate::source::SourceError;
 use crate::store::StoreError;
 
+pub use meter::Meter;
 pub use plan::{Plan, Planner, RepositoryPlan};
 pub use run::{run, BackupReport, FailedImage, RunOptions};
 
