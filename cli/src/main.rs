@@ -4,6 +4,8 @@
 //! Exit codes: 0 success; 1 the command ran but some images failed (or a check found a
 //! problem); 2 the command could not run (bad arguments, unreachable registry or store).
 
+#[macro_use]
+mod output;
 mod commands;
 mod progress;
 
@@ -18,13 +20,16 @@ use clap::Parser;
     version,
     about = "Immutable backups of container images, and the way back"
 )]
-struct Cli {
+pub struct Cli {
     /// Only print errors and the final result.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
     /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// AWS region of the S3 store, ECR and SQS (instead of `AWS_REGION` or the profile's).
+    #[arg(long, global = true, value_name = "REGION")]
+    region: Option<String>,
     #[command(subcommand)]
     command: commands::Command,
 }
@@ -41,6 +46,9 @@ fn main() -> ExitCode {
     ecr_backup_shared::memory::keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
+    if let Some(region) = &cli.region {
+        ecr_backup_shared::aws::set_region(region);
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let global = commands::Global {
         quiet: cli.quiet,
@@ -68,7 +76,7 @@ fn report_error(e: &anyhow::Error, json: bool) {
         eprintln!("  caused by: {cause}");
     }
     if json {
-        println!("{}", serde_json::json!({ "error": first, "causes": rest }));
+        outln!("{}", serde_json::json!({ "error": first, "causes": rest }));
     }
 }
 
@@ -79,6 +87,14 @@ fn init_logging(quiet: bool, verbose: u8) {
         (_, 1) => "info",
         (_, 2) => "debug",
         _ => "trace",
+    };
+    // Off EC2, the SDK's last place to look for a region is the instance metadata
+    // service, which then warns that it is not there; a missing region is the command's
+    // own one-line error, so those warnings are only shown from -vv on.
+    let default = if verbose < 2 {
+        format!("{default},aws_config::imds=error")
+    } else {
+        default.to_owned()
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ECR_BACKUP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

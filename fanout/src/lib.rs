@@ -4,11 +4,15 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use ecr_backup_shared::backup::Meter;
+use ecr_backup_shared::cost::Prices;
+use ecr_backup_shared::error::error_chain;
 use ecr_backup_shared::pipeline::config::FanoutConfig;
 use ecr_backup_shared::pipeline::fanout::{fan_out, FanoutReport, FanoutRun};
 use ecr_backup_shared::pipeline::metrics::{self, Metric};
 use ecr_backup_shared::pipeline::queue::SqsQueue;
 use ecr_backup_shared::source::Source;
+use ecr_backup_shared::store::usage::storage_estimate;
 use ecr_backup_shared::Store;
 
 /// Time kept back from the invocation's deadline for the snapshot and the continuation.
@@ -20,12 +24,14 @@ pub struct FanoutContext {
     store: Store,
     queue: SqsQueue,
     config: FanoutConfig,
+    prices: Prices,
 }
 
 impl FanoutContext {
     /// Builds clients from the environment.
     pub async fn from_env() -> Result<FanoutContext> {
         let config = FanoutConfig::from_env()?;
+        let prices = Prices::from_env()?;
         let store = Store::open(&config.store).await;
         let queue = SqsQueue::new(SqsQueue::client_from_env().await, config.queue_url.clone());
         let source = Source::own_ecr(config.registry_endpoint.as_deref())
@@ -36,6 +42,7 @@ impl FanoutContext {
             store,
             queue,
             config,
+            prices,
         })
     }
 }
@@ -53,6 +60,7 @@ impl FanoutContext {
             store,
             queue,
             config,
+            prices: Prices::default(),
         }
     }
 }
@@ -66,6 +74,7 @@ pub async fn handle(context: &FanoutContext, remaining: Duration) -> Result<Fano
     let budget = remaining
         .saturating_sub(SAFETY_MARGIN)
         .max(Duration::from_secs(10));
+    let meter = Meter::start(&context.source, &context.store, None);
     let report = fan_out(
         &context.source,
         &context.store,
@@ -87,24 +96,41 @@ pub async fn handle(context: &FanoutContext, remaining: Duration) -> Result<Fano
         settings_unreadable = report.settings.warnings.len(),
         "fan-out finished"
     );
-    metrics::emit(
-        "fanout",
-        &[
-            Metric::count("FanoutRuns", 1),
-            Metric::count("RunsCompleted", u64::from(report.run_complete)),
-            Metric::count("Repositories", report.repositories),
-            Metric::count("ImagesSeen", report.images_seen),
-            Metric::count("ImagesEnqueued", report.images_enqueued),
-            Metric::count("ImagesUpToDate", report.images_up_to_date),
-            Metric::count("ImagesArchived", report.images_archived),
-            Metric::count("SettingsWritten", report.settings.written.len() as u64),
-            Metric::count("SettingsUnreadable", report.settings.warnings.len() as u64),
-            Metric {
-                name: "Duration",
-                value: report.elapsed_seconds * 1000.0,
-                unit: "Milliseconds",
-            },
-        ],
-    );
+    let cost = meter.finish(&context.source, &context.store, None, &context.prices);
+    let mut figures = vec![
+        Metric::count("FanoutRuns", 1),
+        Metric::count("RunsCompleted", u64::from(report.run_complete)),
+        Metric::count("Repositories", report.repositories),
+        Metric::count("ImagesSeen", report.images_seen),
+        Metric::count("ImagesEnqueued", report.images_enqueued),
+        Metric::count("ImagesUpToDate", report.images_up_to_date),
+        Metric::count("ImagesArchived", report.images_archived),
+        Metric::count("SettingsWritten", report.settings.written.len() as u64),
+        Metric::count("SettingsUnreadable", report.settings.warnings.len() as u64),
+        Metric {
+            name: "Duration",
+            value: report.elapsed_seconds * 1000.0,
+            unit: "Milliseconds",
+        },
+    ];
+    figures.extend(metrics::cost_metrics(&cost));
+    // Once a scheduled run: one listing of the store for its monthly storage estimate.
+    // A failure costs the estimate's metrics, never the run.
+    match storage_estimate(&context.store, &context.prices).await {
+        Ok(estimate) => {
+            tracing::info!(
+                objects = estimate.stored.objects,
+                bytes = estimate.stored.bytes,
+                s3_monthly_usd = estimate.s3_monthly_usd,
+                backup_warm_monthly_usd = estimate.backup_warm_monthly_usd,
+                "storage estimate"
+            );
+            figures.extend(metrics::storage_metrics(&estimate));
+        }
+        Err(e) => {
+            tracing::warn!(store = %context.store.location(), error = %error_chain(&e), "could not measure the store for its storage estimate")
+        }
+    }
+    metrics::emit("fanout", &figures);
     Ok(report)
 }

@@ -14,8 +14,8 @@
 //! | [`wayback`] | inventory, restore, export, verify, trust | `copy`, `source`, `store` |
 //!
 //! Dependencies run one way, top to bottom of that table; the small modules at the root
-//! ([`stream`], [`failure`], [`filter`], [`error`], [`progress`], [`aws`], [`memory`]) are
-//! used by all and use only `oci`.
+//! ([`stream`], [`failure`], [`filter`], [`error`], [`progress`], [`aws`], [`memory`],
+//! [`metering`], [`cost`]) are used by all and use only `oci` (and `cost` uses `metering`).
 //!
 //! The store's format is specified in `docs/format.md`.
 
@@ -24,10 +24,12 @@
 pub mod aws;
 pub mod backup;
 pub mod copy;
+pub mod cost;
 pub mod error;
 pub mod failure;
 pub mod filter;
 pub mod memory;
+pub mod metering;
 pub mod oci;
 pub mod pipeline;
 pub mod progress;
@@ -50,15 +52,16 @@ mod layering {
 
     /// Modules at the root that every layer may use.
     const BASE: &[&str] = &[
-        "oci", "stream", "failure", "error", "filter", "progress", "aws", "memory",
+        "oci", "stream", "failure", "error", "filter", "progress", "aws", "memory", "metering",
+        "cost",
     ];
 
     fn allowed(module: &str) -> Vec<&'static str> {
         let above: &[&str] = match module {
             "oci" => return vec![],
-            "stream" | "failure" | "filter" | "error" | "progress" | "aws" | "memory" => {
-                return vec!["oci"]
-            }
+            "stream" | "failure" | "filter" | "error" | "progress" | "aws" | "memory"
+            | "metering" => return vec!["oci"],
+            "cost" => return vec!["oci", "metering"],
             "source" | "store" => &[],
             "copy" => &["source", "store"],
             "backup" => &["copy", "source", "store"],

@@ -79,6 +79,7 @@ pub async fn try_backup_source(
     let options = RunOptions {
         filter: ImageFilter::new(&[format!("{}/**", prefix.trim_end_matches('/'))], &[], None)?,
         image_concurrency: 4,
+        prices: Default::default(),
     };
     Ok(backup::run(source, &engine, &options, Arc::new(NoProgress)).await?)
 }

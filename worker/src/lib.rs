@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use ecr_backup_shared::backup::Meter;
 use ecr_backup_shared::copy::CopyEngine;
+use ecr_backup_shared::cost::Prices;
 use ecr_backup_shared::pipeline::config::WorkerConfig;
 use ecr_backup_shared::pipeline::metrics::{self, Metric};
 use ecr_backup_shared::pipeline::queue::SqsQueue;
@@ -20,12 +22,14 @@ use ecr_backup_shared::Store;
 pub struct WorkerContext {
     worker: Arc<Worker>,
     concurrency: usize,
+    prices: Prices,
 }
 
 impl WorkerContext {
     /// Builds clients from the environment: store, queue (and its dead-letter queue), ECR.
     pub async fn from_env() -> Result<WorkerContext> {
         let config = WorkerConfig::from_env()?;
+        let prices = Prices::from_env()?;
         let store = Store::open(&config.store).await;
         store
             .mark_as_store()
@@ -59,6 +63,7 @@ impl WorkerContext {
                     .with_filter(config.filter.compile()?),
             ),
             concurrency: config.concurrency,
+            prices,
         })
     }
 
@@ -67,6 +72,7 @@ impl WorkerContext {
         WorkerContext {
             worker,
             concurrency,
+            prices: Prices::default(),
         }
     }
 }
@@ -74,9 +80,15 @@ impl WorkerContext {
 /// Handles one SQS batch.
 pub async fn handle(context: &WorkerContext, event: SqsEvent) -> SqsBatchResponse {
     let started = Instant::now();
-    let stats = context.worker.engine().stats();
+    let worker = &context.worker;
+    let stats = worker.engine().stats();
     let bytes_before = stats.bytes_copied.load(Ordering::Relaxed);
     let skipped_before = stats.blobs_skipped.load(Ordering::Relaxed);
+    let meter = Meter::start(
+        worker.source(),
+        worker.engine().store(),
+        Some(worker.engine()),
+    );
     let mut failures = Vec::new();
     let mut items = Vec::new();
     for record in event.records {
@@ -112,31 +124,36 @@ pub async fn handle(context: &WorkerContext, event: SqsEvent) -> SqsBatchRespons
     }
     let result = context.worker.run_batch(items, context.concurrency).await;
     failures.extend(result.failed.iter().cloned());
-    metrics::emit(
-        "worker",
-        &[
-            Metric::count("ImagesCopied", result.copied),
-            Metric::count("ImagesSkipped", result.present + result.skipped),
-            Metric::count("ImagesGone", result.gone),
-            Metric::count("ImagesArchived", result.archived.len() as u64),
-            Metric::count("ImagesFailed", result.errors),
-            Metric::count("MessagesDeadLettered", result.dead_lettered),
-            Metric {
-                name: "BytesCopied",
-                value: (stats.bytes_copied.load(Ordering::Relaxed) - bytes_before) as f64,
-                unit: "Bytes",
-            },
-            Metric::count(
-                "BlobsDeduplicated",
-                stats.blobs_skipped.load(Ordering::Relaxed) - skipped_before,
-            ),
-            Metric {
-                name: "Duration",
-                value: started.elapsed().as_millis() as f64,
-                unit: "Milliseconds",
-            },
-        ],
+    let cost = meter.finish(
+        worker.source(),
+        worker.engine().store(),
+        Some(worker.engine()),
+        &context.prices,
     );
+    let mut figures = vec![
+        Metric::count("ImagesCopied", result.copied),
+        Metric::count("ImagesSkipped", result.present + result.skipped),
+        Metric::count("ImagesGone", result.gone),
+        Metric::count("ImagesArchived", result.archived.len() as u64),
+        Metric::count("ImagesFailed", result.errors),
+        Metric::count("MessagesDeadLettered", result.dead_lettered),
+        Metric {
+            name: "BytesCopied",
+            value: (stats.bytes_copied.load(Ordering::Relaxed) - bytes_before) as f64,
+            unit: "Bytes",
+        },
+        Metric::count(
+            "BlobsDeduplicated",
+            stats.blobs_skipped.load(Ordering::Relaxed) - skipped_before,
+        ),
+        Metric {
+            name: "Duration",
+            value: started.elapsed().as_millis() as f64,
+            unit: "Milliseconds",
+        },
+    ];
+    figures.extend(metrics::cost_metrics(&cost));
+    metrics::emit("worker", &figures);
     if result.runs_completed > 0 {
         // A run's last part may be written by a worker (a continued fan-out): the
         // completed-runs metric is the fan-out's, whoever wrote the part.

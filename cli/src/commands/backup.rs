@@ -8,7 +8,6 @@ use ecr_backup_shared::backup::{self, BackupReport, RunOptions};
 use ecr_backup_shared::copy::{CopyEngine, CopyOptions};
 use ecr_backup_shared::filter::ImageFilter;
 use ecr_backup_shared::source::Source;
-use ecr_backup_shared::store::{Store, StoreLocation};
 
 use super::Global;
 use crate::progress::{human_bytes, Bar};
@@ -61,6 +60,8 @@ pub struct Args {
     /// Do not follow the registry's referrers API (signatures, SBOMs).
     #[arg(long)]
     no_referrers: bool,
+    #[command(flatten)]
+    prices: super::prices::PriceFlags,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -73,6 +74,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         &args.exclude_repositories,
         args.tag.as_deref(),
     )?;
+    let prices = args.prices.prices()?;
     let credentials = credentials::resolve(
         &args.source,
         &CredentialFlags {
@@ -82,8 +84,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
             authfile: args.authfile.as_ref(),
         },
     )?;
-    let location = StoreLocation::parse(&args.store)?;
-    let store = Store::open(&location).await;
+    let store = super::open_store(&args.store).await?;
     let source =
         Source::connect(&args.source, args.registry_endpoint.as_deref(), credentials).await?;
     if source.ecr().is_none() {
@@ -109,8 +110,15 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
     let options = RunOptions {
         filter,
         image_concurrency: args.concurrency,
+        prices,
     };
-    let report = backup::run(&source, &engine, &options, bar.clone()).await?;
+    let mut report = backup::run(&source, &engine, &options, bar.clone()).await?;
+    // The command's whole cost: its first contacts with the registry and the store, and
+    // the store's layout files written before the run, count too.
+    let storage = report.cost.storage.take();
+    report.cost =
+        backup::Meter::zero().finish(&source, engine.store(), Some(&engine), &options.prices);
+    report.cost.storage = storage;
     bar.finish();
     print_report(&report, args.json, global.quiet)?;
     Ok(if report.is_success() {
@@ -122,37 +130,60 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
 
 fn print_report(report: &BackupReport, json: bool, quiet: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
     if !quiet {
-        println!(
+        outln!(
             "Backed up {} into {} (snapshot {})",
-            report.source, report.store, report.snapshot
+            report.source,
+            report.store,
+            report.snapshot
         );
-        println!(
+        outln!(
             "  images: {} copied, {} already present, {} failed",
             report.images_copied,
             report.images_present,
             report.images_failed.len()
         );
-        println!(
+        outln!(
             "  blobs:  {} copied ({}), {} skipped ({})",
             report.blobs_copied,
             human_bytes(report.bytes_copied),
             report.blobs_skipped,
             human_bytes(report.bytes_skipped)
         );
-        println!(
+        outln!(
             "  {} registry requests, {} blob downloads, {} retries, {:.1} s",
-            report.registry_requests, report.blob_gets, report.retries, report.elapsed_seconds
+            report.registry_requests,
+            report.blob_gets,
+            report.retries,
+            report.elapsed_seconds
         );
+        let cost = &report.cost;
+        let r = &cost.requests;
+        outln!(
+            "  cost:   {} new, {} deduplicated, {} objects written; requests: S3 {} PUT, {} GET, {} LIST, {} HEAD (${:.4}), ECR API {}, registry {}",
+            human_bytes(cost.bytes_new),
+            human_bytes(cost.bytes_deduplicated),
+            cost.objects_written,
+            r.s3_put,
+            r.s3_get,
+            r.s3_list,
+            r.s3_head,
+            cost.s3_requests_usd,
+            r.ecr_api,
+            r.registry
+        );
+        if let Some(storage) = &cost.storage {
+            outln!("  store:  {}", super::prices::storage_line(storage));
+        }
         for archived in &report.images_archived {
-            println!("  archived in ECR, not backed up: {archived}");
+            outln!("  archived in ECR, not backed up: {archived}");
         }
         let settings = &report.settings;
         if !settings.written.is_empty() || settings.unchanged > 0 {
-            println!(
+            outln!(
                 "  settings: {} recorded, {} unchanged",
                 settings.written.len(),
                 settings.unchanged

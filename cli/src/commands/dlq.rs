@@ -41,31 +41,31 @@ async fn ls(args: LsArgs, global: Global) -> Result<Outcome> {
         .await
         .with_context(|| format!("reading {}", args.dlq))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&letters)?);
+        outln!("{}", serde_json::to_string_pretty(&letters)?);
         return Ok(Outcome::Success);
     }
     if letters.is_empty() {
         if !global.quiet {
-            println!("{} is empty", args.dlq);
+            outln!("{} is empty", args.dlq);
         }
         return Ok(Outcome::Success);
     }
     for l in &letters {
-        println!("{}  {}", l.message_id, l.summary);
+        outln!("{}  {}", l.message_id, l.summary);
         match (&l.error, l.receive_count) {
-            (Some(e), Some(n)) => println!("    failed {n} times, last: {e}"),
-            (Some(e), None) => println!("    error: {e}"),
-            (None, _) => println!("    no error recorded (moved by SQS after a crash or timeout; see the worker's logs)"),
+            (Some(e), Some(n)) => outln!("    failed {n} times, last: {e}"),
+            (Some(e), None) => outln!("    error: {e}"),
+            (None, _) => outln!("    no error recorded (moved by SQS after a crash or timeout; see the worker's logs)"),
         }
         if let Some(id) = l
             .original_message_id
             .as_ref()
             .filter(|id| **id != l.message_id)
         {
-            println!("    first sent as message {id}");
+            outln!("    first sent as message {id}");
         }
         if let Some(first) = &l.first_received_at {
-            println!("    first received {first}");
+            outln!("    first received {first}");
         }
     }
     Ok(Outcome::Success)

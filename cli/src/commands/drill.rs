@@ -3,7 +3,6 @@
 
 use anyhow::{Context, Result};
 use ecr_backup_shared::source::Source;
-use ecr_backup_shared::store::{Store, StoreLocation};
 use ecr_backup_shared::wayback::drill::{self, DrillOptions, DrillOutcome, Sample};
 use ecr_backup_shared::wayback::restore::RestoreOptions;
 
@@ -74,7 +73,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
             authfile: args.authfile.as_ref(),
         },
     )?;
-    let store = Store::open(&StoreLocation::parse(&args.store)?).await;
+    let store = super::open_store(&args.store).await?;
     let target = Source::connect(&args.target, args.target_endpoint.as_deref(), credentials)
         .await
         .with_context(|| format!("connecting to target registry {}", args.target))?;
@@ -98,9 +97,9 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
 fn print_outcome(outcome: &DrillOutcome, json: bool, quiet: bool) -> Result<()> {
     let r = &outcome.record;
     if json {
-        println!("{}", serde_json::to_string_pretty(outcome)?);
+        outln!("{}", serde_json::to_string_pretty(outcome)?);
     } else if !quiet {
-        println!(
+        outln!(
             "Drill {} of {} (run {}) into {} under {}/: {}",
             r.id,
             outcome.store,
@@ -111,7 +110,7 @@ fn print_outcome(outcome: &DrillOutcome, json: bool, quiet: bool) -> Result<()> 
         );
         let blobs: u64 = r.images.iter().map(|i| i.blobs).sum();
         let bytes: u64 = r.images.iter().map(|i| i.bytes).sum();
-        println!(
+        outln!(
             "  images: {} of {} sampled ({}), {} failed; {} blobs re-hashed ({}), {:.1} s",
             r.images.len(),
             r.images_in_run,
@@ -122,9 +121,9 @@ fn print_outcome(outcome: &DrillOutcome, json: bool, quiet: bool) -> Result<()> 
             outcome.elapsed_seconds
         );
         for i in r.images.iter().filter(|i| i.ok) {
-            println!("  ok     {}@{}", i.repository, i.digest);
+            outln!("  ok     {}@{}", i.repository, i.digest);
         }
-        println!(
+        outln!(
             "  cleanup ({}): {} images, {} repositories deleted{}",
             r.cleanup.method,
             r.cleanup.images_deleted,
@@ -135,7 +134,7 @@ fn print_outcome(outcome: &DrillOutcome, json: bool, quiet: bool) -> Result<()> 
                 "; some left behind"
             }
         );
-        println!("  recorded as {}", outcome.key);
+        outln!("  recorded as {}", outcome.key);
     }
     for i in r.images.iter().filter(|i| !i.ok) {
         eprintln!(

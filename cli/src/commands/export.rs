@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ecr_backup_shared::store::{Store, StoreLocation};
 use ecr_backup_shared::wayback::export::{self, ExportFormat, ExportOptions, ImageReference};
 use ecr_backup_shared::wayback::inventory::PointInTime;
 
@@ -50,7 +49,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
     let image: ImageReference = args.image.parse()?;
     let format: ExportFormat = args.format.parse().map_err(anyhow::Error::msg)?;
     let point = PointInTime::from_flags(args.as_of.as_deref(), args.snapshot.as_deref())?;
-    let store = Store::open(&StoreLocation::parse(&args.store)?).await;
+    let store = super::open_store(&args.store).await?;
     let options = ExportOptions {
         format,
         output: args.output,
@@ -60,28 +59,28 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
     };
     let report = export::export(&store, &image, &options).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else if !global.quiet {
         let platform = report
             .platform
             .as_deref()
             .map(|p| format!(" ({p})"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "Exported {} {}{platform} to {} as {}",
             report.image,
             report.digest,
             report.output.display(),
             report.format
         );
-        println!(
+        outln!(
             "  {} blobs, {}, {:.1} s",
             report.blobs,
             human_bytes(report.bytes),
             report.elapsed_seconds
         );
         if let Some(name) = &report.ref_name {
-            println!("  named {name} inside the output");
+            outln!("  named {name} inside the output");
         }
     }
     Ok(Outcome::Success)

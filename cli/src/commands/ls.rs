@@ -3,7 +3,7 @@
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use ecr_backup_shared::store::settings::{SettingsSubject, REGISTRY_PARTS};
-use ecr_backup_shared::store::{Store, StoreLocation};
+use ecr_backup_shared::store::Store;
 use ecr_backup_shared::wayback::inventory;
 use ecr_backup_shared::wayback::restore::settings::stored_settings;
 use ecr_backup_shared::RepositoryName;
@@ -42,19 +42,24 @@ fn time(t: Option<DateTime<Utc>>) -> String {
 
 /// Runs `ls`.
 pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
-    let store = Store::open(&StoreLocation::parse(&args.store)?).await;
+    let store = super::open_store(&args.store).await?;
     if args.settings {
         return settings(&store, &args).await;
     }
     if args.snapshots {
         let snapshots = inventory::snapshots(&store).await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&snapshots)?);
+            outln!("{}", serde_json::to_string_pretty(&snapshots)?);
             return Ok(Outcome::Success);
         }
-        println!(
+        outln!(
             "{:<24}  {:<19}  {:<10}  {:>5}  {:>6}  {:>5}  SOURCE",
-            "SNAPSHOT", "TAKEN (UTC)", "PARTS", "REPOS", "IMAGES", "TAGS"
+            "SNAPSHOT",
+            "TAKEN (UTC)",
+            "PARTS",
+            "REPOS",
+            "IMAGES",
+            "TAGS"
         );
         for s in &snapshots {
             let parts = if s.complete {
@@ -62,7 +67,7 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
             } else {
                 format!("{} (incomplete)", s.parts)
             };
-            println!(
+            outln!(
                 "{:<24}  {:<19}  {:<10}  {:>5}  {:>6}  {:>5}  {}",
                 s.id,
                 time(Some(s.observed_at)),
@@ -78,15 +83,19 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
     if let Some(repo) = &args.repository {
         let detail = inventory::repository(&store, repo).await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&detail)?);
+            outln!("{}", serde_json::to_string_pretty(&detail)?);
             return Ok(Outcome::Success);
         }
-        println!(
+        outln!(
             "{:<30}  {:<71}  {:>10}  {:<19}  {:<19}",
-            "TAG", "DIGEST", "SIZE", "FIRST SEEN (UTC)", "LAST SEEN (UTC)"
+            "TAG",
+            "DIGEST",
+            "SIZE",
+            "FIRST SEEN (UTC)",
+            "LAST SEEN (UTC)"
         );
         for t in &detail.tags {
-            println!(
+            outln!(
                 "{:<30}  {:<71}  {:>10}  {:<19}  {:<19}",
                 t.tag.as_str(),
                 t.digest.to_string(),
@@ -96,10 +105,12 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
             );
         }
         if !detail.untagged.is_empty() {
-            println!();
-            println!(
+            outln!();
+            outln!(
                 "{:<71}  {:>10}  {:<19}  NOTE",
-                "UNTAGGED IMAGE", "SIZE", "BACKED UP (UTC)"
+                "UNTAGGED IMAGE",
+                "SIZE",
+                "BACKED UP (UTC)"
             );
             for i in &detail.untagged {
                 let mut note = Vec::new();
@@ -109,7 +120,7 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
                 if i.deleted {
                     note.push("deleted at the source".to_owned());
                 }
-                println!(
+                outln!(
                     "{:<71}  {:>10}  {:<19}  {}",
                     i.digest.to_string(),
                     i.size.map(human_bytes).unwrap_or_default(),
@@ -122,15 +133,19 @@ pub async fn run(args: Args, _global: Global) -> Result<Outcome> {
     }
     let repositories = inventory::repositories(&store).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&repositories)?);
+        outln!("{}", serde_json::to_string_pretty(&repositories)?);
         return Ok(Outcome::Success);
     }
-    println!(
+    outln!(
         "{:<40}  {:>6}  {:>5}  {:>7}  {:<19}",
-        "REPOSITORY", "IMAGES", "TAGS", "DELETED", "LAST SEEN (UTC)"
+        "REPOSITORY",
+        "IMAGES",
+        "TAGS",
+        "DELETED",
+        "LAST SEEN (UTC)"
     );
     for r in &repositories {
-        println!(
+        outln!(
             "{:<40}  {:>6}  {:>5}  {:>7}  {:<19}",
             r.repository.as_str(),
             r.images,
@@ -174,18 +189,18 @@ async fn settings(store: &Store, args: &Args) -> Result<Outcome> {
             Some(_) => serde_json::to_value(&found[0])?,
             None => serde_json::to_value(&found)?,
         };
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(Outcome::Success);
     }
     for s in &found {
-        println!(
+        outln!(
             "{} (seen {}, {} version(s) stored, {})",
             s.subject,
             time(Some(s.observed_at)),
             s.versions,
             s.digest
         );
-        println!("{}", serde_json::to_string_pretty(&s.settings)?);
+        outln!("{}", serde_json::to_string_pretty(&s.settings)?);
     }
     Ok(Outcome::Success)
 }

@@ -1,11 +1,15 @@
 //! One module per subcommand.
 
 mod backup;
+mod completions;
 mod credentials;
 mod dlq;
 mod drill;
+mod du;
 mod export;
 mod ls;
+mod man;
+mod prices;
 mod redrive;
 mod restore;
 mod status;
@@ -13,6 +17,7 @@ mod verify;
 
 use anyhow::Result;
 use clap::Subcommand;
+use ecr_backup_shared::store::{Store, StoreLocation};
 
 use crate::Outcome;
 
@@ -30,6 +35,14 @@ impl Global {
     pub fn show_progress(&self, json: bool) -> bool {
         !self.quiet && self.verbose == 0 && !json
     }
+}
+
+/// Opens the store a user named and makes the first contact with it, so that an
+/// unreachable or unusable store fails at once with one error saying what to set.
+pub async fn open_store(text: &str) -> Result<Store> {
+    let store = Store::open(&StoreLocation::parse(text)?).await;
+    store.backend().first_contact().await?;
+    Ok(store)
 }
 
 /// The subcommands.
@@ -56,6 +69,13 @@ pub enum Command {
     /// Is the backup fresh and proven? Last run, source lag, queues, last verify and
     /// drill; exits 1 with the reasons when not.
     Status(status::Args),
+    /// What a store's objects take: unique and shared bytes per repository, by age, and
+    /// the monthly storage cost.
+    Du(du::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
+    /// Print the manual page (roff), or write one per subcommand with --dir.
+    Man(man::Args),
 }
 
 impl Command {
@@ -71,6 +91,8 @@ impl Command {
             Command::Ls(a) => a.json,
             Command::Drill(a) => a.json,
             Command::Status(a) => a.json,
+            Command::Du(a) => a.json,
+            Command::Completions(_) | Command::Man(_) => false,
         }
     }
 }
@@ -87,5 +109,8 @@ pub async fn run(command: Command, global: Global) -> Result<Outcome> {
         Command::Ls(args) => ls::run(args, global).await,
         Command::Drill(args) => drill::run(args, global).await,
         Command::Status(args) => status::run(args, global).await,
+        Command::Du(args) => du::run(args, global).await,
+        Command::Completions(args) => completions::run(args, global).await,
+        Command::Man(args) => man::run(args, global).await,
     }
 }

@@ -56,11 +56,13 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         .with_context(|| format!("moving messages from {} to {target_url}", args.dlq))?;
     bar.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else if !global.quiet {
-        println!(
+        outln!(
             "Moved {} messages from {} to {target_url} ({})",
-            report.moved, args.dlq, report.method
+            report.moved,
+            args.dlq,
+            report.method
         );
     }
     Ok(Outcome::Success)

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use ecr_backup_shared::filter::ImageFilter;
 use ecr_backup_shared::source::Source;
-use ecr_backup_shared::store::{Store, StoreLocation};
 use ecr_backup_shared::wayback::inventory::{parse_time, PointInTime};
 use ecr_backup_shared::wayback::restore::{
     self, AccountMap, Rename, RestoreOptions, RestoreReport, SettingsMode, SettingsOptions,
@@ -151,7 +150,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
             authfile: args.authfile.as_ref(),
         },
     )?;
-    let store = Store::open(&StoreLocation::parse(&args.store)?).await;
+    let store = super::open_store(&args.store).await?;
     let target = Source::connect(&args.target, args.target_endpoint.as_deref(), credentials)
         .await
         .with_context(|| format!("connecting to target registry {}", args.target))?;
@@ -192,7 +191,7 @@ fn print_report(report: &RestoreReport, json: bool, quiet: bool) -> Result<()> {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
     if !quiet {
@@ -202,23 +201,25 @@ fn print_report(report: &RestoreReport, json: bool, quiet: bool) -> Result<()> {
             .map(|s| format!(", from snapshot {s}"))
             .unwrap_or_default();
         if report.dry_run {
-            println!(
+            outln!(
                 "Dry run: nothing pushed or changed in {} ({}{snapshot}); {} images would be restored",
                 report.target, report.point, report.images_selected
             );
         } else {
-            println!(
+            outln!(
                 "Restored {} into {} ({}{snapshot})",
-                report.store, report.target, report.point
+                report.store,
+                report.target,
+                report.point
             );
         }
-        println!(
+        outln!(
             "  images: {} restored, {} already present, {} failed",
             report.images_restored,
             report.images_present,
             report.images_failed.len()
         );
-        println!(
+        outln!(
             "  blobs:  {} pushed ({}), {} mounted, {} already present ({} not sent)",
             report.blobs_pushed,
             human_bytes(report.bytes_pushed),
@@ -226,7 +227,7 @@ fn print_report(report: &RestoreReport, json: bool, quiet: bool) -> Result<()> {
             report.blobs_skipped,
             human_bytes(report.bytes_skipped)
         );
-        println!(
+        outln!(
             "  {} manifests and {} tags pushed, {} registry requests, {} retries, {:.1} s",
             report.manifests_pushed,
             report.tags_pushed,
@@ -235,18 +236,18 @@ fn print_report(report: &RestoreReport, json: bool, quiet: bool) -> Result<()> {
             report.elapsed_seconds
         );
         for repo in &report.repositories_created {
-            println!("  created ECR repository {repo}");
+            outln!("  created ECR repository {repo}");
         }
         if let Some(settings) = &report.settings {
             let verb = if settings.dry_run { "would set" } else { "set" };
             for c in &settings.changes {
-                println!("  {verb} {} of {}: {}", c.setting, c.subject, c.value);
+                outln!("  {verb} {} of {}: {}", c.setting, c.subject, c.value);
             }
             for c in &settings.held_back {
-                println!("  held back {} of {}: {}", c.setting, c.subject, c.value);
+                outln!("  held back {} of {}: {}", c.setting, c.subject, c.value);
             }
             for repo in &settings.without_settings {
-                println!("  no settings in the store for {repo}");
+                outln!("  no settings in the store for {repo}");
             }
         }
     }

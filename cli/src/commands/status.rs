@@ -13,7 +13,6 @@ use chrono::{DateTime, Duration, Utc};
 use ecr_backup_shared::pipeline::queue::SqsQueue;
 use ecr_backup_shared::pipeline::queue_status::{self, OldestLetter, QueueDepth};
 use ecr_backup_shared::source::Source;
-use ecr_backup_shared::store::{Store, StoreLocation};
 use ecr_backup_shared::wayback::status::{self, SourceGap, StoreStatus, Thresholds};
 use serde::Serialize;
 
@@ -120,7 +119,7 @@ struct Status {
 /// Runs `status`.
 pub async fn run(args: Args, global: Global) -> Result<Outcome> {
     let now = Utc::now();
-    let store = Store::open(&StoreLocation::parse(&args.store)?).await;
+    let store = super::open_store(&args.store).await?;
     let (store_status, listing) = status::store_status(&store, now)
         .await
         .with_context(|| format!("reading the status of {}", store.location()))?;
@@ -232,7 +231,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         dlq,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
     } else if !global.quiet {
         print_status(&status, now);
     }
@@ -298,9 +297,9 @@ fn ago(now: DateTime<Utc>, t: DateTime<Utc>) -> String {
 
 fn print_status(status: &Status, now: DateTime<Utc>) {
     let s = &status.store;
-    println!("Store {}", s.store);
+    outln!("Store {}", s.store);
     match &s.last_run {
-        Some(r) => println!(
+        Some(r) => outln!(
             "  last complete run: {} ({}), {} images in {} repositories, {} not in the store",
             r.id,
             ago(now, r.taken_at),
@@ -308,16 +307,18 @@ fn print_status(status: &Status, now: DateTime<Utc>) {
             r.repositories,
             r.failures
         ),
-        None => println!("  last complete run: none"),
+        None => outln!("  last complete run: none"),
     }
     if let Some(g) = &status.source {
-        println!(
+        outln!(
             "  source {}: {} images, {} not in the store yet",
-            g.source, g.images_seen, g.missing
+            g.source,
+            g.images_seen,
+            g.missing
         );
     }
     match &s.last_verify {
-        Some(v) => println!(
+        Some(v) => outln!(
             "  last verify: {} ({}), {}",
             v.id,
             ago(now, v.finished_at),
@@ -327,10 +328,10 @@ fn print_status(status: &Status, now: DateTime<Utc>) {
                 format!("{} problem(s)", v.problem_count)
             }
         ),
-        None => println!("  last verify: none recorded"),
+        None => outln!("  last verify: none recorded"),
     }
     match &s.last_drill {
-        Some(d) => println!(
+        Some(d) => outln!(
             "  last restore drill: {} ({}), {} of {} images, {}",
             d.id,
             ago(now, d.finished_at),
@@ -338,16 +339,17 @@ fn print_status(status: &Status, now: DateTime<Utc>) {
             d.images.len(),
             if d.passed { "passed" } else { "FAILED" }
         ),
-        None => println!("  last restore drill: none recorded"),
+        None => outln!("  last restore drill: none recorded"),
     }
     if let Some(q) = &status.queue {
         let lag = q
             .oldest_message_age_seconds
             .map(|a| format!("{a:.0} s"))
             .unwrap_or_else(|| "unknown (no CloudWatch datapoint in 15 min)".into());
-        println!(
+        outln!(
             "  copy queue: {} waiting, {} in flight; push-event lag (oldest message): {lag}",
-            q.depth.visible, q.depth.in_flight
+            q.depth.visible,
+            q.depth.in_flight
         );
     }
     if let Some(d) = &status.dlq {
@@ -357,12 +359,12 @@ fn print_status(status: &Status, now: DateTime<Utc>) {
             .and_then(|o| o.sent_at)
             .map(|t| format!(", oldest {}", ago(now, t)))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  dead-letter queue: {} message(s){oldest}",
             d.depth.visible + d.depth.in_flight + d.depth.delayed
         );
     }
-    println!(
+    outln!(
         "{}",
         if status.healthy {
             "HEALTHY"

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use ecr_backup_shared::store::{Store, StoreLocation};
 use ecr_backup_shared::wayback::verify::{self, ImageName, VerifyOptions, VerifyReport};
 
 use super::Global;
@@ -47,7 +46,7 @@ fn parse_percent(text: &str) -> Result<f64, String> {
 
 /// Runs `verify`.
 pub async fn run(args: Args, global: Global) -> Result<Outcome> {
-    let store = Store::open(&StoreLocation::parse(&args.store)?).await;
+    let store = super::open_store(&args.store).await?;
     let options = VerifyOptions {
         read_data: args.read_data,
         sample_percent: args.sample,
@@ -71,7 +70,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         );
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report, global.quiet);
     }
@@ -106,7 +105,7 @@ fn print_report(report: &VerifyReport, quiet: bool) {
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "Checked {}: {} images, {} tag records, {} blobs ({}){read} in {:.1} s",
             report.store,
             report.images_checked,
@@ -116,17 +115,17 @@ fn print_report(report: &VerifyReport, quiet: bool) {
             report.elapsed_seconds
         );
         if let Some(id) = &report.snapshot {
-            println!("  against snapshot {id}");
+            outln!("  against snapshot {id}");
         }
     }
     for p in &report.blob_problems {
-        println!("blob {}: {}", p.digest, p.fault);
+        outln!("blob {}: {}", p.digest, p.fault);
         for i in &p.images {
-            println!("  breaks {}", image(i));
+            outln!("  breaks {}", image(i));
         }
     }
     for t in &report.dangling_tags {
-        println!(
+        outln!(
             "tag {}:{} (observed {}) points at {}, which has no image record",
             t.repository,
             t.tag,
@@ -135,20 +134,20 @@ fn print_report(report: &VerifyReport, quiet: bool) {
         );
     }
     for r in &report.unreadable_records {
-        println!("record {}: {}", r.key, r.error);
+        outln!("record {}: {}", r.key, r.error);
     }
     for i in &report.missing_images {
-        println!(
+        outln!(
             "not backed up (in the snapshot, no image record): {}",
             image(i)
         );
     }
     if report.is_clean() {
         if !quiet {
-            println!("OK: no problems found");
+            outln!("OK: no problems found");
         }
     } else {
-        println!(
+        outln!(
             "PROBLEMS: {} broken blobs, {} broken images, {} dangling tags, {} unreadable records, {} images missing",
             report.blob_problems.len(),
             report.broken_images.len(),

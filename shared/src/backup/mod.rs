@@ -4,6 +4,7 @@
 //!
 //! Owns: deciding what to copy. May use: `copy`, `source`, `store`.
 
+pub mod meter;
 pub mod plan;
 pub mod run;
 pub mod settings;
@@ -11,6 +12,7 @@ pub mod settings;
 use crate::source::SourceError;
 use crate::store::StoreError;
 
+pub use meter::Meter;
 pub use plan::{selected_state, Baseline, Plan, Planner, RepositoryPlan};
 pub use run::{run, BackupReport, FailedImage, RunOptions};
 

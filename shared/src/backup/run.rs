@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::{BackupError, Baseline, Planner};
+use super::{BackupError, Baseline, Meter, Planner};
 use crate::copy::{CopyEngine, CopyError, CopyRequest, ImageOutcome};
+use crate::cost::{Prices, RunCost};
 use crate::error::error_chain;
 use crate::filter::ImageFilter;
 use crate::oci::digest::Digest;
@@ -19,6 +20,7 @@ use crate::progress::Reporter;
 use crate::source::Source;
 use crate::store::records::Snapshot;
 use crate::store::tag_view::update_index;
+use crate::store::usage::storage_estimate;
 
 /// One image that could not be backed up.
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +77,9 @@ pub struct BackupReport {
     pub elapsed_seconds: f64,
     /// Repository and registry settings recorded (ECR sources only).
     pub settings: super::settings::SettingsReport,
+    /// Bytes new and deduplicated, objects written, requests by kind, and what the store
+    /// now costs a month.
+    pub cost: RunCost,
 }
 
 impl BackupReport {
@@ -91,6 +96,8 @@ pub struct RunOptions {
     pub filter: ImageFilter,
     /// Images copied at once.
     pub image_concurrency: usize,
+    /// Prices for the cost figures.
+    pub prices: Prices,
 }
 
 /// Backs up `source` into the engine's store: plan, copy, snapshot, index.
@@ -103,6 +110,7 @@ pub async fn run(
     let started = Instant::now();
     let store = engine.store();
     let store_retries = store.backend().retries();
+    let meter = Meter::start(source, store, Some(engine));
     store.init().await?;
     // Housekeeping only: a failure here is reported and the backup goes on.
     match store.remove_leftovers().await {
@@ -209,6 +217,14 @@ pub async fn run(
         retries: 0,
         elapsed_seconds: 0.0,
         settings,
+        cost: RunCost::new(
+            &Default::default(),
+            &Default::default(),
+            0,
+            0,
+            0,
+            &options.prices,
+        ),
     };
     for (request, result) in results {
         match result {
@@ -233,6 +249,15 @@ pub async fn run(
     report.retries = registry.retries.load(Ordering::Relaxed)
         + stats.blob_retries.load(Ordering::Relaxed)
         + (store.backend().retries() - store_retries);
+    report.cost = meter.finish(source, store, Some(engine), &options.prices);
+    // One listing of the whole store; a failure costs the estimate, not the backup.
+    report.cost.storage = match storage_estimate(store, &options.prices).await {
+        Ok(estimate) => Some(estimate),
+        Err(e) => {
+            tracing::warn!(store = %store.location(), error = %error_chain(&e), "could not measure the store for its storage estimate");
+            None
+        }
+    };
     report.elapsed_seconds = round_ms(started.elapsed());
     report
         .images_failed

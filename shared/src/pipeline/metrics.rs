@@ -3,6 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::cost::{RunCost, StorageEstimate};
+
 /// The CloudWatch namespace of every metric.
 pub const NAMESPACE: &str = "EcrBackup";
 
@@ -62,6 +64,57 @@ pub fn drill_age_metric(hours: f64) -> Metric {
         value: hours,
         unit: "None",
     }
+}
+
+impl Metric {
+    /// A `Bytes` metric.
+    pub fn bytes(name: &'static str, value: u64) -> Metric {
+        Metric {
+            name,
+            value: value as f64,
+            unit: "Bytes",
+        }
+    }
+
+    /// A figure without a CloudWatch unit (US dollars).
+    pub fn plain(name: &'static str, value: f64) -> Metric {
+        Metric {
+            name,
+            value,
+            unit: "None",
+        }
+    }
+}
+
+/// The cost figures of one invocation: bytes new and deduplicated, objects written,
+/// requests by kind.
+pub fn cost_metrics(cost: &RunCost) -> Vec<Metric> {
+    let r = &cost.requests;
+    vec![
+        Metric::bytes("BytesNew", cost.bytes_new),
+        Metric::bytes("BytesDeduplicated", cost.bytes_deduplicated),
+        Metric::count("ObjectsWritten", cost.objects_written),
+        Metric::count("S3PutRequests", r.s3_put),
+        Metric::count("S3GetRequests", r.s3_get),
+        Metric::count("S3ListRequests", r.s3_list),
+        Metric::count("S3HeadRequests", r.s3_head),
+        Metric::count("EcrApiRequests", r.ecr_api),
+        Metric::count("RegistryRequests", r.registry),
+    ]
+}
+
+/// What the store holds and its monthly storage estimate (US dollars).
+pub fn storage_metrics(estimate: &StorageEstimate) -> Vec<Metric> {
+    vec![
+        Metric::count("StoreObjects", estimate.stored.objects),
+        Metric::bytes("StoreBytes", estimate.stored.bytes),
+        Metric::bytes(
+            "StoreBackupBillableBytes",
+            estimate.stored.backup_billable_bytes,
+        ),
+        Metric::plain("StoreMonthlyCostS3", estimate.s3_monthly_usd),
+        Metric::plain("StoreMonthlyCostBackup", estimate.backup_warm_monthly_usd),
+    ]
 }
 
 /// One EMF document for `function`'s metrics.

@@ -208,6 +208,11 @@ impl Worker {
         &self.engine
     }
 
+    /// The source (for its request counters).
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
     /// Runs the task of one message body.
     pub async fn run_task(&self, body: &str) -> Result<TaskOutcome, TaskError> {
         match message::parse(body)? {

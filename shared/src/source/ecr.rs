@@ -2,6 +2,7 @@
 //! included, which a registry's `tags/list` cannot show), registry login tokens, and
 //! creating repositories on restore.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -11,6 +12,7 @@ use aws_sdk_ecr::Client;
 use base64::Engine;
 use tokio::sync::Mutex;
 
+use crate::metering::{CountRequests, RequestCounter, RequestCounts};
 use crate::oci::digest::Digest;
 use crate::oci::names::RepositoryName;
 use crate::source::image::SourceImage;
@@ -116,6 +118,7 @@ impl EcrRegistry {
 pub struct EcrApi {
     client: Client,
     registry_id: Option<String>,
+    requests: Arc<RequestCounter>,
 }
 
 impl EcrApi {
@@ -126,18 +129,27 @@ impl EcrApi {
         if let Some(region) = region {
             builder = builder.region(aws_sdk_ecr::config::Region::new(region));
         }
+        EcrApi::new(Client::from_conf(builder.build()), registry_id)
+    }
+
+    /// Wraps an existing client, counting its requests.
+    pub fn new(client: Client, registry_id: Option<String>) -> EcrApi {
+        let requests = RequestCounter::shared();
+        let config = client
+            .config()
+            .to_builder()
+            .interceptor(CountRequests::new("ECR", requests.clone()))
+            .build();
         EcrApi {
-            client: Client::from_conf(builder.build()),
+            client: Client::from_conf(config),
             registry_id,
+            requests,
         }
     }
 
-    /// Wraps an existing client.
-    pub fn new(client: Client, registry_id: Option<String>) -> EcrApi {
-        EcrApi {
-            client,
-            registry_id,
-        }
+    /// ECR API requests sent so far, by operation (for the cost figures of a run).
+    pub fn requests(&self) -> RequestCounts {
+        self.requests.snapshot()
     }
 
     /// The SDK client, for the settings calls (`source/ecr_settings.rs`).

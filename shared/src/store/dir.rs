@@ -6,6 +6,7 @@
 
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
 use super::{Backend, ByteStream, ObjectInfo, StoreError, WriteOutcome};
+use crate::metering::{RequestCounter, RequestCounts};
 use crate::oci::digest::Digest;
 use crate::stream::VerifyingStream;
 
@@ -25,12 +27,17 @@ const TMP_DIR: &str = "tmp";
 #[derive(Debug, Clone)]
 pub struct DirBackend {
     root: PathBuf,
+    /// Objects written, for the cost figures of a run.
+    written: Arc<RequestCounter>,
 }
 
 impl DirBackend {
     /// A backend rooted at `root` (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        DirBackend { root: root.into() }
+        DirBackend {
+            root: root.into(),
+            written: RequestCounter::shared(),
+        }
     }
 
     /// The directory this store lives in.
@@ -278,7 +285,9 @@ impl Backend for DirBackend {
             return Err(io("write", key, source));
         }
         drop(file);
-        self.commit(&tmp, key).await
+        self.commit(&tmp, key).await?;
+        self.written.object_written();
+        Ok(())
     }
 
     async fn write_verified(
@@ -317,13 +326,21 @@ impl Backend for DirBackend {
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
         result?;
-        written?.ok_or_else(|| {
+        let outcome = written?.ok_or_else(|| {
             io(
                 "write",
                 key,
                 std::io::Error::other("the writer stopped before the end of the blob"),
             )
-        })
+        })?;
+        if outcome == WriteOutcome::Written {
+            self.written.object_written();
+        }
+        Ok(outcome)
+    }
+
+    fn requests(&self) -> RequestCounts {
+        self.written.snapshot()
     }
 
     async fn remove_leftovers(&self, idle: std::time::Duration) -> Result<u64, StoreError> {

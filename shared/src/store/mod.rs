@@ -22,6 +22,7 @@ mod runs;
 mod s3;
 pub mod settings;
 pub mod tag_view;
+pub mod usage;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -39,7 +40,7 @@ pub use repository::{
     sort_observations, IndexRef, Listing, RepositoryListing, Store, StoreLocation, TagEntry,
 };
 pub use runs::{observed_after_run, part_id, PartContext, PartId, Run};
-pub use s3::{S3Backend, S3Location};
+pub use s3::{ContactError, S3Backend, S3Location};
 
 /// What went wrong while using a store; each variant names the key it was working on.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,9 @@ pub enum StoreError {
         /// The object's key.
         key: String,
     },
+    /// The first contact with the store failed (see [`Backend::first_contact`]).
+    #[error(transparent)]
+    Contact(#[from] ContactError),
     /// A record in the store could not be parsed.
     #[error("record {key} is corrupt")]
     CorruptRecord {
@@ -216,5 +220,18 @@ pub trait Backend: Send + Sync + 'static {
     /// retried by the SDK), for reports.
     fn retries(&self) -> u64 {
         0
+    }
+
+    /// Requests sent so far by kind (S3's, none for a directory) and objects written,
+    /// for the cost figures of a run.
+    fn requests(&self) -> crate::metering::RequestCounts {
+        crate::metering::RequestCounts::default()
+    }
+
+    /// A first request with a short retry budget, so that a store that cannot be reached
+    /// (or used: no region, no credentials) fails at once with one error saying what to
+    /// set, before the full retry budget of later requests is spent on it.
+    async fn first_contact(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }

@@ -6,6 +6,8 @@
 //! an existing blob is never replaced. S3 does not check OCI digests (and moto checks no
 //! checksums at all), which is why the digest is verified here.
 
+mod contact;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -26,8 +28,11 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::{Backend, ByteStream, ObjectInfo, StoreError, WriteOutcome};
+use crate::metering::{CountRequests, RequestCounter, RequestCounts};
 use crate::oci::digest::Digest;
 use crate::stream::VerifyingStream;
+
+pub use contact::ContactError;
 
 /// Size of each multipart part, and the threshold for a single `PutObject`.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -78,6 +83,7 @@ pub struct S3Backend {
     client: Client,
     location: S3Location,
     retries: Arc<AtomicU64>,
+    requests: Arc<RequestCounter>,
 }
 
 /// Leaves the SigV4 hash of the body out of requests sent over HTTPS.
@@ -171,16 +177,19 @@ impl S3Backend {
     /// A backend for `location` using a client built from the standard AWS settings.
     pub fn new(client: Client, location: S3Location) -> Self {
         let retries = Arc::new(AtomicU64::new(0));
+        let requests = RequestCounter::shared();
         let config = client
             .config()
             .to_builder()
             .interceptor(RetryCounter(retries.clone()))
+            .interceptor(CountRequests::new("S3", requests.clone()))
             .interceptor(UnsignedPayloadOverHttps)
             .build();
         S3Backend {
             client: Client::from_conf(config),
             location,
             retries,
+            requests,
         }
     }
 
@@ -466,6 +475,14 @@ impl Backend for S3Backend {
 
     fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
+    }
+
+    fn requests(&self) -> RequestCounts {
+        self.requests.snapshot()
+    }
+
+    async fn first_contact(&self) -> Result<(), StoreError> {
+        contact::first_contact(self).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {

@@ -1137,6 +1137,7 @@ async fn a_persistent_503_is_asked_a_bounded_number_of_times_with_a_clear_error(
             )
             .unwrap(),
             image_concurrency: 2,
+            prices: Default::default(),
         },
         Arc::new(NoProgress),
     )

@@ -808,6 +808,18 @@ async fn a_scheduled_run_backs_up_every_image_restorably_and_a_second_run_sends_
         .filter_map(|d| d["ImagesCopied"].as_f64())
         .sum();
     assert_eq!(copied, 5.0, "the worker's ImagesCopied metrics");
+    // The cost figures of every batch: bytes new, objects written, requests by kind.
+    let sum = |metric: &str| -> f64 {
+        lab.worker
+            .emf_documents()
+            .iter()
+            .filter_map(|d| d[metric].as_f64())
+            .sum()
+    };
+    assert!(sum("BytesNew") > 0.0 && sum("BytesNew") == sum("BytesCopied"));
+    assert!(sum("ObjectsWritten") > 0.0);
+    assert!(sum("S3PutRequests") >= sum("ObjectsWritten"));
+    assert!(sum("RegistryRequests") > 0.0 && sum("EcrApiRequests") >= 1.0);
     assert_eq!(
         lab.worker.stats().cold_starts,
         1,
@@ -855,6 +867,26 @@ async fn a_scheduled_run_backs_up_every_image_restorably_and_a_second_run_sends_
     let emf = last_metric(&lab.fanout, "ImagesEnqueued");
     assert_eq!(emf["ImagesEnqueued"], 0.0, "{emf}");
     assert_eq!(emf["ImagesUpToDate"], 5.0, "{emf}");
+    // The fan-out measures the store once a run: its objects, bytes and monthly cost.
+    let objects = lab
+        .s3
+        .list_objects_v2()
+        .bucket(&lab.bucket)
+        .prefix("backup/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        emf["StoreObjects"].as_f64(),
+        Some(objects.contents().len() as f64),
+        "{emf}"
+    );
+    assert!(
+        emf["StoreMonthlyCostBackup"].as_f64().unwrap() > 0.0,
+        "{emf}"
+    );
+    assert!(emf["EcrApiRequests"].as_f64().unwrap() >= 2.0, "{emf}");
+    assert!(emf["S3ListRequests"].as_f64().unwrap() >= 1.0, "{emf}");
     let finished = log_events(&lab.fanout, "fan-out finished");
     assert_eq!(finished.len(), 2, "one 'fan-out finished' log per run");
     assert_eq!(

@@ -390,7 +390,10 @@ pub async fn push_images(
         images_selected: images.len() as u64,
         settings: None,
     };
-    push_planned(store, target, images, options, reporter, snapshot, started, planned).await
+    push_planned(
+        store, target, images, options, reporter, snapshot, started, planned,
+    )
+    .await
 }
 
 /// What [`run`] decided before any image is pushed.
