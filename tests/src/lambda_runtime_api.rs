@@ -607,6 +607,26 @@ impl LambdaFunction {
             .collect()
     }
 
+    /// The first EMF document that has `metric`, waiting up to `timeout` for it: the
+    /// function's stdout is read by another thread, so a line printed just before the
+    /// response may arrive after it.
+    pub async fn wait_for_emf(&self, metric: &str, timeout: Duration) -> Option<Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(doc) = self
+                .emf_documents()
+                .into_iter()
+                .find(|d| d.get(metric).is_some())
+            {
+                return Some(doc);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> FunctionStats {
         self.shared.stats.lock().unwrap().clone()

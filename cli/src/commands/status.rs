@@ -10,6 +10,7 @@
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, Utc};
+use ecr_backup_shared::filter::ImageFilter;
 use ecr_backup_shared::pipeline::queue::SqsQueue;
 use ecr_backup_shared::pipeline::queue_status::{self, OldestLetter, QueueDepth};
 use ecr_backup_shared::source::Source;
@@ -35,6 +36,13 @@ pub struct Args {
     /// Also list the source registry and name the images the store lacks.
     #[arg(long, value_name = "REGISTRY")]
     source: Option<String>,
+    /// With --source: only repositories matching this glob (repeatable), as the backup
+    /// selects them.
+    #[arg(long = "repository", value_name = "GLOB", requires = "source")]
+    repositories: Vec<String>,
+    /// With --source: leave out repositories matching this glob (repeatable).
+    #[arg(long = "exclude-repository", value_name = "GLOB", requires = "source")]
+    exclude_repositories: Vec<String>,
     /// Reach the source's data plane at this URL instead.
     #[arg(long, value_name = "URL")]
     source_endpoint: Option<String>,
@@ -125,6 +133,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
         .with_context(|| format!("reading the status of {}", store.location()))?;
     let gap = match &args.source {
         Some(spec) => {
+            let filter = ImageFilter::new(&args.repositories, &args.exclude_repositories, None)?;
             let creds = credentials::resolve(
                 spec,
                 &CredentialFlags {
@@ -138,7 +147,7 @@ pub async fn run(args: Args, global: Global) -> Result<Outcome> {
                 .await
                 .with_context(|| format!("connecting to source registry {spec}"))?;
             Some(
-                status::source_gap(&source, &listing)
+                status::source_gap(&source, &listing, &filter)
                     .await
                     .with_context(|| format!("listing source registry {spec}"))?,
             )

@@ -113,7 +113,12 @@ fn has(listing: &Listing, repo: &RepositoryName, digest: &Digest) -> bool {
 
 /// Enumerates `source` (every repository and image it lists) and names what `listing`
 /// lacks.
-pub async fn source_gap(source: &Source, listing: &Listing) -> Result<SourceGap, SourceError> {
+/// Repositories outside `filter` are not listed (the backup does not select them).
+pub async fn source_gap(
+    source: &Source,
+    listing: &Listing,
+    filter: &crate::filter::ImageFilter,
+) -> Result<SourceGap, SourceError> {
     let mut gap = SourceGap {
         source: source.name().to_owned(),
         images_seen: 0,
@@ -122,6 +127,9 @@ pub async fn source_gap(source: &Source, listing: &Listing) -> Result<SourceGap,
         archived: 0,
     };
     for repo in source.repositories().await? {
+        if !filter.repository(&repo) {
+            continue;
+        }
         for image in source.images(&repo).await? {
             gap.images_seen += 1;
             if has(listing, &repo, &image.digest) {
@@ -162,7 +170,8 @@ pub fn store_reasons(
     match &status.last_run {
         None => reasons.push(format!("{} holds no complete backup run", status.store)),
         Some(run) => {
-            let age = chrono::Duration::seconds(run.age_seconds);
+            // From the exact time: whole seconds would let a run 1.9 s old pass `1s`.
+            let age = now - run.taken_at;
             if age > thresholds.max_age {
                 reasons.push(format!(
                     "stale: the last complete run {} was taken {} ago (more than --max-age {})",

@@ -385,9 +385,8 @@ async fn drill_lambda_drills_an_s3_store_into_ecr_and_emits_its_metrics() -> Res
     };
     assert_eq!(response["record"]["passed"], true, "{response}");
     let emf = function
-        .emf_documents()
-        .into_iter()
-        .find(|d| d.get("DrillImages").is_some())
+        .wait_for_emf("DrillImages", Duration::from_secs(5))
+        .await
         .expect("an EMF document with the drill's metrics");
     assert_eq!(emf["Function"], "drill");
     assert_eq!(emf["DrillImages"], 1.0);
@@ -401,9 +400,8 @@ async fn drill_lambda_drills_an_s3_store_into_ecr_and_emits_its_metrics() -> Res
         .await;
     assert!(result.response().is_some(), "{result:?}");
     let age = function
-        .emf_documents()
-        .into_iter()
-        .find(|d| d.get("DrillAgeHours").is_some())
+        .wait_for_emf("DrillAgeHours", Duration::from_secs(5))
+        .await
         .expect("an EMF document with DrillAgeHours");
     assert!(age["DrillAgeHours"].as_f64().unwrap() < 1.0, "{age}");
     function.shutdown().await;
@@ -489,7 +487,9 @@ async fn status_with_source_names_images_not_yet_in_the_store() -> Result<()> {
         cli()
             .args(["status", "--json", "--store"])
             .arg(f.store_dir())
-            .args(["--source", &f.servers.registry]),
+            .args(["--source", &f.servers.registry])
+            // The test registry is shared by every test: only this test's repositories.
+            .args(["--repository", &format!("{}/**", f.prefix)]),
     );
     assert_eq!(output.status.code(), Some(1));
     let s = json_out(&output);
