@@ -12,6 +12,7 @@
 //! | [`backup`] | the planner (what the store lacks) and a local run | `copy` |
 //! | [`pipeline`] | the Lambdas' logic: messages, queue, fan-out, worker, redrive, metrics | `backup` |
 //! | [`wayback`] | inventory, restore, export, verify, trust | `copy`, `source`, `store` |
+//! | [`retention`] | forget (keep policies) and prune (mark and sweep under a fence) | `store` |
 //!
 //! Dependencies run one way, top to bottom of that table; the small modules at the root
 //! ([`stream`], [`failure`], [`filter`], [`error`], [`progress`], [`aws`], [`memory`],
@@ -33,6 +34,7 @@ pub mod metering;
 pub mod oci;
 pub mod pipeline;
 pub mod progress;
+pub mod retention;
 pub mod source;
 pub mod store;
 pub mod stream;
@@ -67,6 +69,7 @@ mod layering {
             "backup" => &["copy", "source", "store"],
             "pipeline" => &["backup", "copy", "source", "store"],
             "wayback" => &["copy", "source", "store"],
+            "retention" => &["store"],
             other => panic!("module {other} is not in the table of lib.rs"),
         };
         BASE.iter().chain(above).copied().collect()

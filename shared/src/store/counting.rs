@@ -29,6 +29,8 @@ pub struct Counts {
     pub listed_keys: u64,
     /// The `ListObjectsV2` pages those listings cost on S3 (at least one per call).
     pub list_pages: u64,
+    /// Keys deleted (`delete`: S3 `DeleteObjects`, up to 1,000 keys per request).
+    pub deletes: u64,
 }
 
 impl Counts {
@@ -44,6 +46,7 @@ impl Counts {
         self.lists += other.lists;
         self.listed_keys += other.listed_keys;
         self.list_pages += other.list_pages;
+        self.deletes += other.deletes;
     }
 }
 
@@ -150,6 +153,13 @@ impl Backend for CountingBackend {
 
     async fn remove_leftovers(&self, idle: std::time::Duration) -> Result<u64, StoreError> {
         self.inner.remove_leftovers(idle).await
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            self.count(key, |c| c.deletes += 1);
+        }
+        self.inner.delete(keys).await
     }
 
     fn retries(&self) -> u64 {

@@ -348,6 +348,32 @@ impl Backend for DirBackend {
         blocking(move || remove_idle_temporaries(&root, idle)).await
     }
 
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        let root = self.root.clone();
+        let keys = keys.to_vec();
+        blocking(move || {
+            for key in &keys {
+                let path = root.join(key);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io("delete", key, e)),
+                }
+                // Empty directories are left by nothing else; tidy them up to the root
+                // (a directory a concurrent writer just filled is not empty and stays).
+                let mut dir = path.parent();
+                while let Some(d) = dir {
+                    if d == root || std::fs::remove_dir(d).is_err() {
+                        break;
+                    }
+                    dir = d.parent();
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();

@@ -16,6 +16,7 @@ mod conformance;
 pub mod counting;
 mod dir;
 mod layout;
+pub mod locks;
 pub mod records;
 mod repository;
 mod runs;
@@ -36,6 +37,15 @@ pub use conformance::run_conformance_suite;
 pub use counting::CountingBackend;
 pub use dir::DirBackend;
 pub use layout::Layout;
+
+/// The prefixes of the store's kinds of objects (`docs/format.md`, "Layout").
+pub mod layout_prefixes {
+    pub use super::layout::{
+        BLOBS_PREFIX as BLOBS, REGISTRY_SETTINGS_PREFIX as REGISTRY_SETTINGS,
+        REPOSITORIES_PREFIX as REPOSITORIES, SNAPSHOTS_PREFIX as SNAPSHOTS, TREES_PREFIX as TREES,
+    };
+}
+pub use locks::{LockTimings, PruneFence, WriteLease};
 pub use repository::{
     sort_observations, IndexRef, Listing, RepositoryListing, Store, StoreLocation, TagEntry,
 };
@@ -113,6 +123,30 @@ pub enum StoreError {
     /// The first contact with the store failed (see [`Backend::first_contact`]).
     #[error(transparent)]
     Contact(#[from] ContactError),
+    /// A prune is running: its fence stops writers until it is done (or has expired).
+    #[error("a prune of the store is running ({fence}, in force until {until} at the latest); the write was not started, try again after it")]
+    Fenced {
+        /// The prune's fence.
+        fence: String,
+        /// When the fence ends at the latest.
+        until: DateTime<Utc>,
+    },
+    /// The writer's lease is no longer held, so writing `key` could race a prune.
+    #[error("not writing {key}: write lease {lease} is no longer held ({why})")]
+    LeaseLost {
+        /// The key that was to be written.
+        key: String,
+        /// The lease (or fence).
+        lease: String,
+        /// Why it is no longer held.
+        why: String,
+    },
+    /// The backend cannot delete objects.
+    #[error("{location} cannot delete objects")]
+    DeleteUnsupported {
+        /// Where the store is.
+        location: String,
+    },
     /// A record in the store could not be parsed.
     #[error("record {key} is corrupt")]
     CorruptRecord {
@@ -141,7 +175,13 @@ impl StoreError {
 
     /// True when retrying the same call may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::S3 { .. } | StoreError::Source { .. })
+        matches!(
+            self,
+            StoreError::S3 { .. }
+                | StoreError::Source { .. }
+                | StoreError::Fenced { .. }
+                | StoreError::LeaseLost { .. }
+        )
     }
 }
 
@@ -175,8 +215,9 @@ pub struct ObjectInfo {
 ///   where `list` would show it; it never replaces an existing object.
 /// - `write` replaces an object atomically: readers see the old bytes or the new, whole.
 /// - `stat`/`read` return `None` for a missing key; other failures are errors.
-/// - Nothing in the trait deletes an object; [`Backend::remove_leftovers`] removes only
-///   what interrupted writes left where no reader looks.
+/// - Only [`Backend::delete`] deletes an object, and only retention (`forget`, `prune`)
+///   calls it; [`Backend::remove_leftovers`] removes only what interrupted writes left
+///   where no reader looks.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Where the store is, for messages (`/path/to/store`, `s3://bucket/prefix`).
@@ -205,6 +246,15 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Every object whose key starts with `prefix`, in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+
+    /// Deletes the objects (keys that do not exist are not an error). Only retention
+    /// calls it, under a prune fence (`store/locks.rs`, `retention/`).
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        let _ = keys;
+        Err(StoreError::DeleteUnsupported {
+            location: self.location(),
+        })
+    }
 
     /// Removes what interrupted writes left behind that no reader ever sees, once it has
     /// not been touched for `idle`, and returns how many were removed. A directory store

@@ -113,6 +113,9 @@ pub type Listing = BTreeMap<RepositoryName, RepositoryListing>;
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// Whether this handle's writer holds a write lease (`store/locks.rs`); shared by
+    /// every clone, so the copy engine's handle is checked too.
+    pub(super) gate: super::locks::SharedGate,
 }
 
 impl std::fmt::Debug for Store {
@@ -126,7 +129,10 @@ const OCI_LAYOUT_BYTES: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 impl Store {
     /// A store on the given backend.
     pub fn new(backend: Arc<dyn Backend>) -> Store {
-        Store { backend }
+        Store {
+            backend,
+            gate: Default::default(),
+        }
     }
 
     /// Opens the store at `location`, building an S3 client from the environment if needed.
@@ -204,9 +210,9 @@ impl Store {
         size: Option<u64>,
         bytes: ByteStream,
     ) -> Result<WriteOutcome, StoreError> {
-        self.backend
-            .write_verified(&Layout::blob(digest), digest, size, bytes)
-            .await
+        let key = Layout::blob(digest);
+        self.gate.check(&key)?;
+        self.backend.write_verified(&key, digest, size, bytes).await
     }
 
     /// Stores a small blob (a manifest) held in memory.
@@ -448,6 +454,7 @@ impl Store {
         value: &T,
         existing: Existing,
     ) -> Result<WriteOutcome, StoreError> {
+        self.gate.check(key)?;
         let bytes = Bytes::from(serde_json::to_vec_pretty(value).expect("records serialize"));
         // Records are create-only like blobs, so a bucket policy can demand If-None-Match.
         let digest = Digest::of(&bytes);

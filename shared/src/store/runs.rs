@@ -367,6 +367,7 @@ impl Store {
         snapshot: &Snapshot,
         context: &PartContext,
     ) -> Result<(WriteOutcome, SnapshotPart), StoreError> {
+        self.gate.check(&Layout::snapshot(&snapshot.id))?;
         let mut repositories = BTreeMap::new();
         let mut new_trees: BTreeMap<Digest, Bytes> = BTreeMap::new();
         for (repo, state) in &snapshot.repositories {

@@ -485,6 +485,55 @@ impl Backend for S3Backend {
         contact::first_contact(self).await
     }
 
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        // DeleteObjects takes at most 1,000 keys per request.
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|key| {
+                    ObjectIdentifier::builder()
+                        .key(self.full_key(key))
+                        .build()
+                        .expect("an object identifier has a key")
+                })
+                .collect::<Vec<_>>();
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .expect("a delete request has objects");
+            let first = chunk.first().map(String::as_str).unwrap_or_default();
+            let output = self
+                .client
+                .delete_objects()
+                .bucket(&self.location.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| s3_error("DeleteObjects", first, e))?;
+            // Per-key failures (AccessDenied under a bucket policy) come back in the body.
+            if let Some(error) = output.errors().first() {
+                let key = error.key().unwrap_or(first);
+                return Err(StoreError::S3 {
+                    op: "DeleteObjects",
+                    key: key
+                        .strip_prefix(self.location.prefix.as_str())
+                        .unwrap_or(key)
+                        .to_owned(),
+                    message: format!(
+                        "{}: {} ({} of {} keys of this request not deleted)",
+                        error.code().unwrap_or("error"),
+                        error.message().unwrap_or_default(),
+                        output.errors().len(),
+                        chunk.len()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let full_prefix = self.full_key(prefix);
         let mut pages = self
